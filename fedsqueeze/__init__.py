@@ -1,0 +1,1 @@
+"""Flower-free core of FedSqueeze: MNIST, partitions, models, training, config, ledger."""

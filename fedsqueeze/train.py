@@ -1,0 +1,100 @@
+"""Local training and evaluation on in-memory tensors (Flower-free)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["TrainResult", "train", "evaluate", "state_delta", "apply_masks"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one local training call did."""
+
+    loss: float  # mean training loss over all steps
+    num_examples: int
+    steps: int
+    seconds: float
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero the masked entries of ``model``'s parameters in place.
+
+    Mutates the parameters named in ``masks`` (``param *= mask``).
+    """
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask)
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    bf16_autocast: bool = False,
+) -> TrainResult:
+    """Plain minibatch SGD over ``(x, y)``; mutates ``model``'s parameters.
+
+    The shuffling order depends only on ``seed``, so the same call on the same
+    weights gives the same result. With ``masks``, masked weights are zeroed
+    before training and after every step, so pruned weights stay exactly zero.
+    """
+    n = len(y)
+    if n == 0:
+        raise ValueError("train: empty partition")
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    if masks:
+        apply_masks(model, masks)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16_autocast else contextlib.nullcontext()
+    total, steps = torch.zeros(()), 0
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for lo in range(0, n, batch_size):
+            idx = order[lo : lo + batch_size]
+            opt.zero_grad(set_to_none=True)
+            with amp:
+                loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            if masks:
+                apply_masks(model, masks)
+            total += loss.detach().float()
+            steps += 1
+    return TrainResult(float(total) / steps, n, steps, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """Return ``(mean cross-entropy loss, accuracy)`` of ``model`` on ``(x, y)``."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for lo in range(0, len(y), batch_size):
+        logits = model(x[lo : lo + batch_size])
+        target = y[lo : lo + batch_size]
+        loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(1) == target).sum())
+    return loss_sum / len(y), correct / len(y)
+
+
+def state_delta(after: Mapping[str, torch.Tensor], before: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``after - before`` per tensor (float32, detached)."""
+    return {k: (after[k].detach().float() - before[k].float()) for k in before}

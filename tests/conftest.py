@@ -1,0 +1,25 @@
+"""Shared fixtures. Tests use real MNIST: ``$FEDSQUEEZE_DATA_DIR``, ``../shared/data/mnist`` or the cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data" / "mnist"
+
+
+def mnist_dir() -> str | None:
+    """The configured MNIST directory, if any (the loader also checks its cache)."""
+    if os.environ.get("FEDSQUEEZE_DATA_DIR"):
+        return os.environ["FEDSQUEEZE_DATA_DIR"]
+    return str(SHARED) if SHARED.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from fedsqueeze.data import load_mnist
+
+    return load_mnist(mnist_dir())
