@@ -1,0 +1,1 @@
+"""FedSqueeze ClientApp: receive the model, train locally, compress the update."""

@@ -1,0 +1,54 @@
+"""ClientApp: thin glue between Flower Messages and :mod:`client.local_round`."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.local_round import ClientState, TrainInstruction, run_local_round
+from server.protocol import CONFIG, METRICS, MODEL, UPDATE, payloads_record, record_payloads
+
+app = ClientApp()
+
+# Keys of this node's persistent state (Context.state survives across rounds).
+_EF, _BCAST, _BCAST_META = "ef-residual", "broadcast", "broadcast-meta"
+
+
+def _load_state(context: Context) -> ClientState:
+    st = context.state
+    residual = st[_EF].to_torch_state_dict() if _EF in st else None
+    broadcast = st[_BCAST].to_torch_state_dict() if _BCAST in st else None
+    version = int(st[_BCAST_META]["version"]) if _BCAST_META in st else -1
+    return ClientState(residual, broadcast, version)
+
+
+def _save_state(context: Context, state: ClientState) -> None:
+    if state.residual is not None:
+        context.state[_EF] = ArrayRecord(torch_state_dict=state.residual)
+    if state.broadcast is not None:
+        context.state[_BCAST] = ArrayRecord(torch_state_dict=state.broadcast)
+        context.state[_BCAST_META] = ConfigRecord({"version": state.version})
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train locally and reply with the compressed model update."""
+    ins = TrainInstruction.from_record(msg.content[CONFIG])
+    payloads = record_payloads(msg.content[MODEL])
+    pid, n = _partition(context)
+    out = run_local_round(ins, payloads, _load_state(context), pid, n)
+    _save_state(context, out.state)
+    content = RecordDict({UPDATE: payloads_record([out.payload], ["payload"]), METRICS: MetricRecord(out.metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Handshake: tell the server which partition this node holds."""
+    pid, n = _partition(context)
+    return Message(content=RecordDict({METRICS: MetricRecord({"partition-id": pid, "num-partitions": n})}),
+                   reply_to=msg)

@@ -1,0 +1,221 @@
+"""One client round, Flower-free: received model → train → delta → compress.
+
+The ClientApp (``client_app.py``) only converts Messages to these arguments
+and back. Everything a client does is decided by the server's announcement
+(:class:`TrainInstruction`); the client never guesses a setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+import compression
+from fedsqueeze.data import load_mnist, to_input
+from fedsqueeze.models import build_model, initial_state
+from fedsqueeze.partition import partition
+from fedsqueeze.train import state_delta, train
+
+FULL_MODEL = -1  # base_version: the payload is a whole model (server.downlink)
+
+__all__ = ["TrainInstruction", "ClientState", "RoundOutput", "run_local_round", "client_seed", "InjectedCrash"]
+
+
+class InjectedCrash(RuntimeError):
+    """A failure the server asked for (failure-injection experiments)."""
+
+
+class StaleBroadcast(RuntimeError):
+    """The client's broadcast model is not the version the delta chain starts from."""
+
+
+@dataclass(frozen=True)
+class TrainInstruction:
+    """What the server announced for this round (the ``config`` record)."""
+
+    round: int
+    seed: int
+    model: str
+    partition: str
+    dirichlet_alpha: float
+    shards_per_client: int
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    client_threads: int
+    data_dir: str
+    uplink: str
+    downlink_mode: str
+    base_version: int
+    target_version: int
+    inject: str = ""
+    hang_s: float = 0.0
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TrainInstruction:
+        """Build from a ConfigRecord mapping with kebab-case keys."""
+        fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
+        missing = [k for k, f in fields.items() if k not in record and f.default is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"train config misses keys {missing}")
+        return cls(**{f.name: record[k] for k, f in fields.items() if k in record})
+
+    def to_record(self) -> dict[str, Any]:
+        """Kebab-case mapping for a ConfigRecord."""
+        return {f.replace("_", "-"): getattr(self, f) for f in self.__dataclass_fields__}
+
+
+@dataclass
+class ClientState:
+    """What a client keeps between rounds (lives in Flower's ``Context.state``).
+
+    ``residual``: uplink error-feedback memory (``None`` = zeros).
+    ``broadcast`` / ``version``: the last model received in delta-downlink mode.
+    """
+
+    residual: dict[str, torch.Tensor] | None = None
+    broadcast: dict[str, torch.Tensor] | None = None
+    version: int = -1
+
+
+@dataclass(frozen=True)
+class RoundOutput:
+    """The reply: compressed update plus metrics, and the client's new state."""
+
+    payload: bytes
+    metrics: dict[str, float | int]
+    state: ClientState
+
+
+def client_seed(seed: int, round_: int, partition_id: int) -> int:
+    """A 63-bit seed unique to (run seed, round, client)."""
+    return int(np.random.SeedSequence([seed, round_, partition_id]).generate_state(2, np.uint64)[0] >> 1)
+
+
+_PARTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def client_data(ins: TrainInstruction, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This client's training tensors; MNIST is decoded once per process and memoized."""
+    key = (ins.data_dir, ins.partition, num_partitions, ins.seed, ins.dirichlet_alpha, ins.shards_per_client)
+    key += (partition_id,)
+    cached = _PARTS.get(key)
+    if cached is not None:
+        return cached
+    mnist = load_mnist(ins.data_dir or None)
+    labels = np.asarray(mnist.train_labels)
+    parts = partition(labels, num_partitions, ins.partition, seed=ins.seed,
+                      alpha=ins.dirichlet_alpha, shards_per_client=ins.shards_per_client)
+    idx = parts[partition_id]
+    out = (to_input(mnist.train_images[idx]), torch.from_numpy(labels[idx].astype(np.int64)))
+    if len(_PARTS) > 256:  # a worker serves many clients; bound the memo
+        _PARTS.clear()
+    _PARTS[key] = out
+    return out
+
+
+def _model(name: str) -> torch.nn.Module:
+    # One instance per architecture per process: weights are overwritten each call.
+    if name not in _MODELS:
+        _MODELS[name] = build_model(name)
+    return _MODELS[name]
+
+
+def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: ClientState) -> tuple[dict[str, torch.Tensor], ClientState]:
+    """Reconstruct the global model the server broadcast.
+
+    ``ins.base_version == -1``: ``payloads`` is one encoded model. Otherwise
+    (delta downlink) a chain of encoded deltas from ``ins.base_version`` to
+    ``ins.target_version``, applied in order to the client's stored broadcast
+    model (version 0 is the seeded initial model, which every client can
+    rebuild). In delta mode the result is kept as the new broadcast model.
+
+    Raises
+    ------
+    compression.PayloadError
+        A payload is malformed.
+    StaleBroadcast
+        Delta mode, but this client does not hold ``ins.base_version``.
+    """
+    template = {k: tuple(v.shape) for k, v in _model(ins.model).state_dict().items()}
+    if ins.base_version == FULL_MODEL:
+        if len(payloads) != 1:
+            raise compression.PayloadError(f"a full model is 1 payload, got {len(payloads)}")
+        base = compression.decode(payloads[0], expected=template)
+        if ins.downlink_mode == "full":
+            return base, state
+        return base, ClientState(state.residual, {k: v.clone() for k, v in base.items()}, ins.target_version)
+    if ins.base_version == 0:
+        base = initial_state(ins.model, ins.seed)
+    elif state.broadcast is not None and state.version == ins.base_version:
+        base = {k: v.clone() for k, v in state.broadcast.items()}
+    else:
+        raise StaleBroadcast(f"client holds version {state.version}, chain starts at {ins.base_version}")
+    if len(payloads) != ins.target_version - ins.base_version:
+        raise compression.PayloadError(
+            f"delta chain has {len(payloads)} payloads for versions {ins.base_version}->{ins.target_version}")
+    for p in payloads:
+        delta = compression.decode(p, expected=template)
+        for k, v in delta.items():
+            base[k] += v
+    return base, ClientState(state.residual, {k: v.clone() for k, v in base.items()}, ins.target_version)
+
+
+def run_local_round(
+    ins: TrainInstruction,
+    payloads: Sequence[bytes],
+    state: ClientState,
+    partition_id: int,
+    num_partitions: int,
+) -> RoundOutput:
+    """Train on this client's partition and return the compressed update.
+
+    Does not mutate ``state``; the returned :class:`RoundOutput` carries the
+    new state (updated residual and broadcast model).
+    """
+    torch.set_num_threads(ins.client_threads)
+    if ins.inject == "crash":
+        raise InjectedCrash(f"injected crash (round {ins.round}, partition {partition_id})")
+    global_state, state = received_model(ins, payloads, state)
+    x, y = client_data(ins, partition_id, num_partitions)
+    model = _model(ins.model)
+    model.load_state_dict(global_state)
+    seed = client_seed(ins.seed, ins.round, partition_id)
+    result = train(model, x, y, epochs=ins.local_epochs, batch_size=ins.batch_size, lr=ins.lr,
+                   momentum=ins.momentum, weight_decay=ins.weight_decay, seed=seed)
+    update = state_delta(model.state_dict(), global_state)
+
+    t0 = time.perf_counter()
+    spec = compression.parse_spec(ins.uplink)
+    payload, residual, report = compression.encode_with_feedback(update, state.residual, spec, round=ins.round, seed=seed)
+    encode_s = time.perf_counter() - t0
+    if ins.inject == "corrupt":
+        payload = corrupt(payload, seed)
+    if ins.inject == "hang":
+        time.sleep(ins.hang_s)
+    metrics = {
+        "num-examples": result.num_examples,
+        "train-loss": result.loss,
+        "rel-distortion": report.rel_distortion,
+        "train-s": result.seconds,
+        "encode-s": encode_s,
+    }
+    return RoundOutput(payload, metrics, ClientState(residual, state.broadcast, state.version))
+
+
+def corrupt(payload: bytes, seed: int) -> bytes:
+    """Flip a few bytes past the magic (failure injection: a garbled upload)."""
+    rng = np.random.default_rng(seed)
+    buf = bytearray(payload)
+    for pos in rng.integers(4, len(buf), size=8):
+        buf[pos] ^= 0xFF
+    return bytes(buf)

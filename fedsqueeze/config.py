@@ -1,0 +1,191 @@
+"""The run configuration: every knob, typed and validated, read once.
+
+Keys are the kebab-case names of ``[tool.flwr.app.config]`` in
+``pyproject.toml``; :meth:`RunConfig.from_mapping` maps them onto the fields
+below (``-`` → ``_``), rejects unknown keys and wrong types, and checks ranges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "RunConfig", "load_toml_overrides", "parse_value", "resolve_pipeline"]
+
+TARGETS = (0.97, 0.98, 0.985, 0.99)
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown, mistyped or out of range."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All settings of one federated run (see README "Configuration")."""
+
+    # experiment identity
+    name: str = "stc"
+    seed: int = 0
+    out_dir: str = ""
+    # data and model
+    data_dir: str = ""
+    model: str = "mcmahan-cnn"
+    partition: str = "iid"
+    dirichlet_alpha: float = 0.5
+    shards_per_client: int = 2
+    # federation
+    num_server_rounds: int = 10
+    fraction_train: float = 0.1
+    min_train_nodes: int = 2
+    min_available_nodes: int = 2
+    round_timeout: float = 0.0
+    min_train_results: int = 1
+    # local training
+    local_epochs: int = 5
+    batch_size: int = 10
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    client_threads: int = 1
+    # compression
+    uplink: str = "stc"
+    downlink: str = "stc"
+    downlink_mode: str = "delta"
+    # server optimizer
+    server_optimizer: str = "fedavg"
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3
+    # robustness
+    max_update_norm: float = 0.0
+    fail_crash: float = 0.0
+    fail_corrupt: float = 0.0
+    fail_hang: float = 0.0
+    eval_batch_size: int = 1000
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The accepted run-config keys (kebab-case)."""
+        return [f.name.replace("_", "-") for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> RunConfig:
+        """Build and validate a config from kebab-case keys; missing keys keep defaults.
+
+        Raises
+        ------
+        ConfigError
+            On unknown keys, wrong types or impossible values.
+        """
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            attr = key.replace("-", "_")
+            if attr not in types:
+                raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(cls.keys())}")
+            values[attr] = _coerce(key, value, types[attr])
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A validated copy with ``changes`` (snake_case field names)."""
+        cfg = dataclasses.replace(self, **changes)
+        cfg.validate()
+        return cfg
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Kebab-case mapping, the inverse of :meth:`from_mapping`."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def validate(self) -> None:
+        """Check ranges and names; raise :class:`ConfigError` naming the key."""
+        from compression import SpecError
+
+        from .models import MODELS
+        from .partition import SCHEMES
+
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"config key {key!r}: {what} (got {getattr(self, key.replace('-', '_'))!r})")
+
+        need(self.model in MODELS, "model", f"must be one of {sorted(MODELS)}")
+        need(self.partition in SCHEMES, "partition", f"must be one of {SCHEMES}")
+        need(self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0")
+        need(self.shards_per_client >= 1, "shards-per-client", "must be >= 1")
+        need(self.num_server_rounds >= 0, "num-server-rounds", "must be >= 0")
+        need(0 < self.fraction_train <= 1, "fraction-train", "must be in (0, 1]")
+        need(self.min_train_nodes >= 1, "min-train-nodes", "must be >= 1")
+        need(self.min_available_nodes >= 1, "min-available-nodes", "must be >= 1")
+        need(self.round_timeout >= 0, "round-timeout", "must be >= 0 (0 = no timeout)")
+        need(self.min_train_results >= 1, "min-train-results", "must be >= 1")
+        need(self.local_epochs >= 1, "local-epochs", "must be >= 1")
+        need(self.batch_size >= 1, "batch-size", "must be >= 1")
+        need(self.lr > 0, "lr", "must be > 0")
+        need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        need(self.weight_decay >= 0, "weight-decay", "must be >= 0")
+        need(self.client_threads >= 1, "client-threads", "must be >= 1")
+        need(self.downlink_mode in ("full", "delta"), "downlink-mode", "must be 'full' or 'delta'")
+        need(self.server_optimizer in ("fedavg", "fedavgm", "fedadam"), "server-optimizer",
+             "must be 'fedavg', 'fedavgm' or 'fedadam'")
+        need(self.server_lr > 0, "server-lr", "must be > 0")
+        need(0 <= self.server_momentum < 1, "server-momentum", "must be in [0, 1)")
+        need(0 <= self.server_beta1 < 1, "server-beta1", "must be in [0, 1)")
+        need(0 <= self.server_beta2 < 1, "server-beta2", "must be in [0, 1)")
+        need(self.server_tau > 0, "server-tau", "must be > 0")
+        need(self.max_update_norm >= 0, "max-update-norm", "must be >= 0 (0 = no bound)")
+        for key in ("fail-crash", "fail-corrupt", "fail-hang"):
+            need(0 <= getattr(self, key.replace("-", "_")) <= 1, key, "must be a fraction in [0, 1]")
+        need(self.fail_crash + self.fail_corrupt + self.fail_hang <= 1, "fail-crash",
+             "fail-crash + fail-corrupt + fail-hang must be <= 1")
+        need(self.fail_hang == 0 or self.round_timeout > 0, "fail-hang", "needs round-timeout > 0")
+        need(self.eval_batch_size >= 1, "eval-batch-size", "must be >= 1")
+        need(not self.out_dir or Path(self.out_dir).is_absolute(), "out-dir",
+             "must be an absolute path (the ServerApp runs in the SuperLink's directory)")
+        for key in ("uplink", "downlink"):
+            try:
+                resolve_pipeline(getattr(self, key))
+            except SpecError as exc:
+                raise ConfigError(f"config key {key!r}: {exc}") from exc
+
+
+def resolve_pipeline(text: str):
+    """A compression pipeline from a preset name (``stc``) or a spec string."""
+    import compression
+
+    return compression.parse_spec(compression.PRESET_SPECS.get(text, text))
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    kind = {"str": str, "int": int, "float": float, "bool": bool}[str(annotation)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"config key {key!r} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``key=value`` override value the way ``flwr run --run-config`` does (TOML)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # bare words are strings, e.g. uplink=stc
+
+
+def load_toml_overrides(path: str | Path) -> dict[str, Any]:
+    """Read a preset / override TOML file (a flat table of run-config keys)."""
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise ConfigError(f"{path}: expected a flat table of config keys, found tables {nested}")
+    return data

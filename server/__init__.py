@@ -1,0 +1,1 @@
+"""FedSqueeze ServerApp: broadcast, decode, validate, aggregate, evaluate, ledger."""

@@ -1,0 +1,258 @@
+"""The federated round loop: sample → broadcast → receive → screen → aggregate → evaluate → ledger.
+
+Flower's ``Strategy.start`` runs a similar loop, but this one needs per-client
+downlink messages (delta chains), exact byte accounting of each message it
+sends and receives, deterministic sampling by partition id, screening of
+compressed payloads and a ledger row per round, so it drives the ``Grid``
+directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+import compression
+from client.local_round import TrainInstruction
+from fedsqueeze.config import RunConfig, resolve_pipeline
+from fedsqueeze.data import test_tensors
+from fedsqueeze.ledger import Ledger, RoundRow, git_revision, package_versions, targets_reached, write_summary
+from fedsqueeze.models import build_model, initial_state, num_parameters
+from fedsqueeze.train import evaluate
+from server.accounting import message_bytes
+from server.aggregate import ServerOptimizer, weighted_mean
+from server.downlink import Broadcaster
+from server.protocol import CONFIG, METRICS, MODEL, payloads_record
+from server.replies import Accepted, Rejected, screen_reply
+
+__all__ = ["run_federation", "sample_partitions", "plan_injections"]
+
+_HANG_GRACE_S = 5.0  # a hanging client sleeps this long past the round timeout
+
+
+def log(text: str) -> None:
+    print(f"[fedsqueeze] {text}", flush=True)
+
+
+def sample_partitions(partitions: list[int], cfg: RunConfig, round_: int) -> list[int]:
+    """The partition ids trained in ``round_``: a function of (seed, round) only."""
+    k = min(len(partitions), max(cfg.min_train_nodes, int(round(cfg.fraction_train * len(partitions)))))
+    rng = np.random.default_rng([cfg.seed, round_, 0xC11E])
+    return sorted(rng.choice(sorted(partitions), size=k, replace=False).tolist())
+
+
+def plan_injections(sampled: list[int], cfg: RunConfig, round_: int) -> dict[int, str]:
+    """Which sampled partitions are told to crash / corrupt / hang this round (seeded)."""
+    rng = np.random.default_rng([cfg.seed, round_, 0xFA11])
+    draws = rng.random(len(sampled))
+    plan = {}
+    for pid, u in zip(sampled, draws):
+        if u < cfg.fail_crash:
+            plan[pid] = "crash"
+        elif u < cfg.fail_crash + cfg.fail_corrupt:
+            plan[pid] = "corrupt"
+        elif u < cfg.fail_crash + cfg.fail_corrupt + cfg.fail_hang:
+            plan[pid] = "hang"
+    return plan
+
+
+def handshake(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], int, int]:
+    """Ask every node for its partition id. Returns (partition → node, down bytes, up bytes)."""
+    deadline = time.monotonic() + 300
+    while True:
+        node_ids = sorted(grid.get_node_ids())
+        if len(node_ids) >= cfg.min_available_nodes or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    if len(node_ids) < cfg.min_available_nodes:
+        raise RuntimeError(f"only {len(node_ids)} nodes connected, min-available-nodes={cfg.min_available_nodes}")
+    msgs = [Message(RecordDict({CONFIG: ConfigRecord({"round": 0})}), nid, "query", group_id="0") for nid in node_ids]
+    down = sum(message_bytes(m) for m in msgs)
+    replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout or None))
+    up = sum(message_bytes(r) for r in replies)
+    mapping: dict[int, int] = {}
+    for r in replies:
+        if r.has_error():
+            log(f"handshake: node {r.metadata.src_node_id} failed: {r.error.reason[:120]}")
+            continue
+        pid = int(r.content[METRICS]["partition-id"])
+        if pid in mapping:
+            raise RuntimeError(f"two nodes claim partition {pid}")
+        mapping[pid] = r.metadata.src_node_id
+    return mapping, down, up
+
+
+@dataclass
+class _Run:
+    cfg: RunConfig
+    out_dir: Path
+    model: torch.nn.Module
+    weights: dict[str, torch.Tensor]
+    shapes: dict[str, tuple[int, ...]]
+    num_params: int
+    up_spec: compression.PipelineSpec
+    broadcaster: Broadcaster
+    optimizer: ServerOptimizer
+    ledger: Ledger
+    started: float
+
+    def evaluate(self) -> tuple[float, float]:
+        x, y = test_tensors(self.cfg.data_dir or None)
+        self.model.load_state_dict(self.weights)
+        return evaluate(self.model, x, y, self.cfg.eval_batch_size)
+
+    def summary(self, status: str) -> dict[str, Any]:
+        rows = self.ledger.rows
+        accs = [float(r["test_accuracy"]) for r in rows]
+        last = rows[-1] if rows else {}
+        return {
+            "status": status,
+            "name": self.cfg.name,
+            "seed": self.cfg.seed,
+            "config": self.cfg.to_mapping(),
+            "pipeline_up": str(self.up_spec),
+            "pipeline_down": str(self.broadcaster.spec),
+            "num_params": self.num_params,
+            "rounds_completed": int(last.get("round", 0)),
+            "final_accuracy": accs[-1] if accs else None,
+            "best_accuracy": max(accs) if accs else None,
+            "cum_uplink_bytes": int(last.get("cum_uplink_bytes", 0)),
+            "cum_downlink_bytes": int(last.get("cum_downlink_bytes", 0)),
+            "cum_uplink_dense_bytes": int(last.get("cum_uplink_dense_bytes", 0)),
+            "cum_downlink_dense_bytes": int(last.get("cum_downlink_dense_bytes", 0)),
+            "wall_s": float(last.get("wall_s", 0.0)),
+            "targets": targets_reached(rows),
+            "versions": package_versions(),
+            "git_revision": git_revision(),
+        }
+
+
+def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    weights = initial_state(cfg.model, cfg.seed)
+    down_spec = resolve_pipeline(cfg.downlink)
+    return _Run(
+        cfg=cfg,
+        out_dir=out_dir,
+        model=model,
+        weights=weights,
+        shapes={k: tuple(v.shape) for k, v in weights.items()},
+        num_params=num_parameters(model),
+        up_spec=resolve_pipeline(cfg.uplink),
+        broadcaster=Broadcaster(cfg.downlink_mode, down_spec, cfg.seed, {k: v.clone() for k, v in weights.items()}),
+        optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta1,
+                                  cfg.server_beta2, cfg.server_tau),
+        ledger=Ledger(out_dir, str(resolve_pipeline(cfg.uplink)), str(down_spec)),
+        started=time.perf_counter(),
+    )
+
+
+def _instruction(run: _Run, round_: int, base: int, target: int, inject: str) -> TrainInstruction:
+    c = run.cfg
+    return TrainInstruction(
+        round=round_, seed=c.seed, model=c.model, partition=c.partition, dirichlet_alpha=c.dirichlet_alpha,
+        shards_per_client=c.shards_per_client, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
+        momentum=c.momentum, weight_decay=c.weight_decay, client_threads=c.client_threads, data_dir=c.data_dir,
+        uplink=str(run.up_spec), downlink_mode=c.downlink_mode, base_version=base, target_version=target,
+        inject=inject, hang_s=c.round_timeout + _HANG_GRACE_S if inject == "hang" else 0.0,
+    )
+
+
+def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int]) -> RoundRow:
+    cfg = run.cfg
+    t0 = time.perf_counter()
+    sampled = sample_partitions(list(nodes), cfg, round_)
+    injections = plan_injections(sampled, cfg, round_)
+    run.broadcaster.advance(run.weights, round_)
+    messages, pid_of = [], {}
+    for pid in sampled:
+        nid = nodes[pid]
+        bc = run.broadcaster.for_node(nid)
+        ins = _instruction(run, round_, bc.base_version, bc.target_version, injections.get(pid, ""))
+        content = RecordDict({CONFIG: ConfigRecord(ins.to_record()), MODEL: payloads_record(bc.payloads)})
+        messages.append(Message(content, nid, "train", group_id=str(round_)))
+        pid_of[nid] = pid
+    row = RoundRow(round=round_, test_accuracy=0.0, test_loss=0.0, clients_sampled=len(sampled))
+    row.downlink_bytes = sum(message_bytes(m) for m in messages)
+    row.downlink_dense_bytes = 4 * run.num_params * len(messages)
+
+    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout or None))
+    replies.sort(key=lambda r: pid_of.get(r.metadata.src_node_id, -1))  # arrival order must not matter
+    accepted: list[Accepted] = []
+    answered = set()
+    max_examples = 60_000
+    max_payload = 4 * run.num_params * 2 + 65_536
+    for reply in replies:
+        nid = reply.metadata.src_node_id
+        if nid not in pid_of or nid in answered:
+            continue
+        answered.add(nid)
+        row.uplink_bytes += message_bytes(reply)
+        row.uplink_dense_bytes += 4 * run.num_params
+        result = screen_reply(reply, run.up_spec, run.shapes, max_payload_bytes=max_payload,
+                              max_examples=max_examples, max_update_norm=cfg.max_update_norm)
+        run.broadcaster.confirm(nid, isinstance(result, Accepted))
+        if isinstance(result, Rejected):
+            log(f"round {round_}: rejected node {nid} (partition {pid_of[nid]}): {result.tag}: {result.reason}")
+            row.failures.append(f"{result.tag}:{pid_of[nid]}")
+            continue
+        accepted.append(result)
+        row.bits_per_param.append(8 * result.payload_bytes / run.num_params)
+        if result.rel_distortion is not None:
+            row.rel_distortion.append(result.rel_distortion)
+    for nid, pid in pid_of.items():
+        if nid not in answered:
+            run.broadcaster.confirm(nid, False)
+            row.failures.append(f"timeout:{pid}")
+            log(f"round {round_}: no reply from node {nid} (partition {pid}) within {cfg.round_timeout:g}s")
+    row.clients_ok = len(accepted)
+
+    if len(accepted) >= cfg.min_train_results:
+        delta = weighted_mean([a.update for a in accepted], [a.num_examples for a in accepted])
+        run.weights = run.optimizer.step(run.weights, delta)
+        row.applied = True
+    else:
+        log(f"round {round_}: {len(accepted)} valid replies < min-train-results={cfg.min_train_results}; "
+            "keeping the previous global model")
+    row.test_loss, row.test_accuracy = run.evaluate()
+    row.round_s = time.perf_counter() - t0
+    return row
+
+
+def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+    """Run ``cfg.num_server_rounds`` rounds; write the ledger and ``summary.json``; return the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = _setup(cfg, out_dir)
+    log(f"run {cfg.name!r} seed={cfg.seed} model={cfg.model} ({run.num_params:,} params) "
+        f"uplink={run.up_spec} downlink={run.broadcaster.spec} ({cfg.downlink_mode}) out={out_dir}")
+    nodes, down, up = handshake(grid, cfg)
+    log(f"handshake: {len(nodes)} nodes")
+    loss, acc = run.evaluate()
+    run.ledger.append(RoundRow(0, acc, loss, uplink_bytes=up, downlink_bytes=down, clients_sampled=len(nodes),
+                               clients_ok=len(nodes), applied=False), time.perf_counter() - run.started)
+    log(f"round 0: acc={acc:.4f} loss={loss:.4f}")
+    write_summary(out_dir, run.summary("running"))
+    for rnd in range(1, cfg.num_server_rounds + 1):
+        row = _train_round(run, grid, rnd, nodes)
+        written = run.ledger.append(row, time.perf_counter() - run.started)
+        write_summary(out_dir, run.summary("running"))
+        log(f"round {rnd}: acc={row.test_accuracy:.4f} loss={row.test_loss:.4f} ok={row.clients_ok}/"
+            f"{row.clients_sampled} up={row.uplink_bytes:,}B (x{written['uplink_ratio']}) "
+            f"down={row.downlink_bytes:,}B (x{written['downlink_ratio']}) {row.round_s:.1f}s")
+    summary = run.summary("completed")
+    write_summary(out_dir, summary)
+    fp32_up = summary["cum_uplink_dense_bytes"]
+    log(f"done: final acc={summary['final_accuracy']:.4f} best={summary['best_accuracy']:.4f} "
+        f"uplink={summary['cum_uplink_bytes']:,}B downlink={summary['cum_downlink_bytes']:,}B "
+        f"uplink vs float32 x{fp32_up / max(summary['cum_uplink_bytes'], 1):.1f} "
+        f"downlink vs float32 x{summary['cum_downlink_dense_bytes'] / max(summary['cum_downlink_bytes'], 1):.1f} "
+        f"-> {out_dir}")
+    return summary

@@ -1,0 +1,108 @@
+"""Screening of client replies before anything reaches the aggregate.
+
+Every reply is checked in order — Flower error, records present, payload
+size against the announced pipeline's bound, header pipeline equal to the
+announced one, strict decode with the model's exact names and shapes (which
+also rejects NaN/Inf), ``num-examples`` sane, update norm within the bound —
+and either accepted or rejected with a short reason tag (``crash``,
+``protocol``, ``size``, ``pipeline``, ``payload``, ``examples``, ``norm``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from flwr.app import Message
+
+import compression
+from server.protocol import METRICS, UPDATE, ProtocolError, record_payloads
+
+__all__ = ["Accepted", "Rejected", "screen_reply"]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    node_id: int
+    update: dict[str, torch.Tensor]
+    num_examples: int
+    payload_bytes: int
+    rel_distortion: float | None
+    train_loss: float
+
+
+@dataclass(frozen=True)
+class Rejected:
+    node_id: int
+    tag: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.tag}@{self.node_id}"
+
+
+def screen_reply(
+    msg: Message,
+    spec: compression.PipelineSpec,
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    max_payload_bytes: int,
+    max_examples: int,
+    max_update_norm: float = 0.0,
+) -> Accepted | Rejected:
+    """Validate and decode one train reply.
+
+    Parameters
+    ----------
+    spec
+        The pipeline the server announced; the payload header must carry it.
+    shapes
+        The model's parameter names and shapes; the update must match exactly.
+    max_payload_bytes
+        Upper bound on a well-formed payload (checked before decoding).
+    max_examples
+        Upper bound on the reported ``num-examples``.
+    max_update_norm
+        Reject updates whose global L2 norm exceeds this (0 = no bound).
+    """
+    node = msg.metadata.src_node_id
+    if msg.has_error():
+        return Rejected(node, "crash", f"client error {msg.error.code}: {msg.error.reason[:200]}")
+    content = msg.content
+    try:
+        if UPDATE not in content.array_records or METRICS not in content.metric_records:
+            raise ProtocolError(f"reply needs records {UPDATE!r} and {METRICS!r}, has {list(content.keys())}")
+        payloads = record_payloads(content.array_records[UPDATE], max_items=1)
+        if len(payloads) != 1:
+            raise ProtocolError(f"expected one payload, got {len(payloads)}")
+        metrics = content.metric_records[METRICS]
+        num_examples = metrics.get("num-examples")
+    except (ProtocolError, KeyError, TypeError) as exc:
+        return Rejected(node, "protocol", str(exc)[:200])
+    payload = payloads[0]
+    if len(payload) > max_payload_bytes:
+        return Rejected(node, "size", f"payload {len(payload)} B > bound {max_payload_bytes} B")
+    if not isinstance(num_examples, int) or not 0 < num_examples <= max_examples:
+        return Rejected(node, "examples", f"num-examples {num_examples!r} not in (0, {max_examples}]")
+    try:
+        sent_spec = compression.peek_spec(payload)
+        if sent_spec != spec:
+            return Rejected(node, "pipeline", f"payload uses {sent_spec}, announced {spec}")
+        update = compression.decode(payload, expected=shapes)
+    except compression.PayloadError as exc:
+        return Rejected(node, "payload", str(exc)[:200])
+    if max_update_norm > 0:
+        norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
+        if not norm <= max_update_norm:
+            return Rejected(node, "norm", f"update norm {norm:.4g} > bound {max_update_norm:g}")
+    distortion = metrics.get("rel-distortion")
+    loss = metrics.get("train-loss", float("nan"))
+    return Accepted(
+        node_id=node,
+        update=update,
+        num_examples=num_examples,
+        payload_bytes=len(payload),
+        rel_distortion=float(distortion) if isinstance(distortion, (int, float)) else None,
+        train_loss=float(loss) if isinstance(loss, (int, float)) else float("nan"),
+    )

@@ -1,0 +1,1 @@
+"""Runners, presets, sweeps and reports for FedSqueeze experiments."""

@@ -1,0 +1,217 @@
+"""One-command blocking runner: ``python -m simulations.run PRESET [key=value ...] --out DIR``.
+
+It runs exactly what ``flwr run . --stream`` runs — same app, same run config —
+against a private simulation SuperLink that it starts on a free loopback port
+(own ``FLWR_HOME``, no runtime dependency install) and stops by PID when the
+run ends, fails or is interrupted. Success is judged by the run's own
+``summary.json`` (``status == "completed"``) and by ``flwr ls``, because
+``flwr run --stream`` exits 0 even when the run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fedsqueeze.config import ConfigError, RunConfig, load_toml_overrides, parse_value
+from fedsqueeze.ledger import git_revision
+
+__all__ = ["APP_DIR", "PRESET_DIR", "RunFailed", "resolve_overrides", "run_experiment", "private_superlink", "main"]
+
+APP_DIR = Path(__file__).resolve().parent.parent
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+class RunFailed(RuntimeError):
+    """The Flower run did not complete (see the log lines in the message)."""
+
+
+def preset_names() -> list[str]:
+    """Names of the bundled presets (``simulations/presets/*.toml``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def resolve_overrides(preset: str | None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Merge a preset (name or TOML path) with ``key=value`` overrides and validate.
+
+    Returns the kebab-case mapping of every key (defaults filled in).
+
+    Raises
+    ------
+    ConfigError
+        Unknown preset, unknown key, bad type or value.
+    """
+    merged: dict[str, Any] = {}
+    if preset:
+        path = Path(preset)
+        if not path.suffix:
+            path = PRESET_DIR / f"{preset}.toml"
+        if not path.is_file():
+            raise ConfigError(f"unknown preset {preset!r}; bundled presets: {', '.join(preset_names())}")
+        merged.update(load_toml_overrides(path))
+    merged.update(overrides or {})
+    return RunConfig.from_mapping(merged).to_mapping()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Terminate the process group we started (SIGTERM, then SIGKILL)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def private_superlink(flwr_home: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Start ``flower-superlink --simulation`` on a free port; yield the connection name.
+
+    ``flwr_home`` gets a ``config.toml`` naming the connection; everything the
+    SuperLink spawns (ServerApp, simulation, Ray) is in its process group and
+    is stopped with it.
+    """
+    port = _free_port()
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "fedsqueeze"\n\n[superlink.fedsqueeze]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    env = {**os.environ, **(extra_env or {}), "FLWR_HOME": str(flwr_home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    log = open(flwr_home / "superlink.log", "wb")
+    proc = subprocess.Popen(
+        [shutil.which("flower-superlink") or "flower-superlink", "--insecure", "--simulation",
+         "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port),
+         "--disable-runtime-dependency-installation"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RunFailed(f"flower-superlink exited with {proc.returncode}; see {flwr_home / 'superlink.log'}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
+                    break
+            if time.monotonic() > deadline:
+                raise RunFailed("flower-superlink did not become healthy within 60 s")
+            time.sleep(0.3)
+        yield "fedsqueeze"
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _toml_value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, str) else ("true" if v is True else "false" if v is False else repr(v))
+
+
+def run_experiment(
+    config: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    num_supernodes: int = 100,
+    cpus_per_client: int = 1,
+    total_cpus: int | None = None,
+    quiet: bool = False,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Run one federation through ``flwr run`` on a private SuperLink; return its summary.
+
+    ``config`` is a validated kebab-case mapping (see :func:`resolve_overrides`);
+    ``out-dir`` is set to ``out_dir``.
+
+    Raises
+    ------
+    RunFailed
+        The run did not finish with ``status == "completed"``.
+    """
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {**config, "out-dir": str(out_dir)}
+    RunConfig.from_mapping(config)
+    total_cpus = total_cpus or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="fedsqueeze-flwr-") as tmp:
+        run_toml = Path(tmp) / "run-config.toml"
+        run_toml.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in config.items()))
+        rev = git_revision() or ""
+        with private_superlink(Path(tmp) / "flwr-home", {"FEDSQUEEZE_GIT_REV": rev}) as conn:
+            cmd = ["flwr", "run", str(APP_DIR), conn, "--stream", "--run-config", str(run_toml),
+                   "--federation-config",
+                   f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client} "
+                   f"init-args-num-cpus={total_cpus}"]
+            env = {**os.environ, "FLWR_HOME": str(Path(tmp) / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    start_new_session=True)
+            tail: list[str] = []
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    tail = (tail + [line.rstrip()])[-40:]
+                    if not quiet or line.startswith("[fedsqueeze]"):
+                        print(line, end="", flush=True)
+                proc.wait(timeout_s)
+            finally:
+                _stop(proc)
+    summary_path = out_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary.get("status") != "completed":
+        raise RunFailed(f"run did not complete (summary status {summary.get('status')!r}); last output:\n"
+                        + "\n".join(tail))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulations.run", description=__doc__.splitlines()[0])
+    parser.add_argument("preset", help=f"preset name ({', '.join(preset_names())}) or a TOML file")
+    parser.add_argument("overrides", nargs="*", help="key=value run-config overrides")
+    parser.add_argument("--out", required=True, help="results directory (metrics.csv, summary.json)")
+    parser.add_argument("--num-supernodes", type=int, default=100)
+    parser.add_argument("--quiet", action="store_true", help="only FedSqueeze's own progress lines")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"override {item!r} is not key=value")
+        overrides[key.strip()] = parse_value(value.strip())
+    try:
+        config = resolve_overrides(args.preset, overrides)
+        summary = run_experiment(config, Path(args.out), num_supernodes=args.num_supernodes, quiet=args.quiet)
+    except (ConfigError, RunFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    t = summary["targets"]
+    print(f"{summary['name']}: final acc {summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}) "
+          f"after {summary['rounds_completed']} rounds; uplink {summary['cum_uplink_bytes']:,} B, "
+          f"downlink {summary['cum_downlink_bytes']:,} B; first >=0.99 at round "
+          f"{t['0.99']['round'] if t['0.99'] else 'never'}; results in {Path(args.out).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
