@@ -1,0 +1,45 @@
+"""FedSqueeze compression: model updates to the fewest honest bytes and back.
+
+Flower-free.  Public API::
+
+    spec = parse_spec("prune=topk,keep=0.01,quant=ternary,ef=true")
+    payload = encode(update, spec, round=1, seed=0)
+    tensors = decode(payload, expected=shapes)
+    payload, report = encode_with_report(update, spec)
+    payload, residual, report = encode_with_feedback(update, residual, spec)
+    peek_spec(payload)
+
+Modules (one stage each): :mod:`.spec` (pipeline as data, registry,
+presets), :mod:`.schedule`, :mod:`.prune`, :mod:`.quantize`, :mod:`.cast`,
+:mod:`.cluster`, :mod:`.values`, :mod:`.bitpack`, :mod:`.positions`,
+:mod:`.entropy`, :mod:`.wire`, :mod:`.feedback`, :mod:`.codec`.
+"""
+
+from .codec import (DecodedPayload, EncodeReport, decode, decode_full, encode, encode_with_feedback,
+                    encode_with_report, peek_spec)
+from .errors import PayloadError, SpecError, UpdateError
+from .prune import register_importance
+from .spec import KEYS, PRESET_SPECS, STAGES, PipelineSpec, parse_spec
+from .wire import FORMAT_VERSION, MAGIC
+
+__all__ = [
+    "PipelineSpec",
+    "parse_spec",
+    "PRESET_SPECS",
+    "STAGES",
+    "KEYS",
+    "encode",
+    "encode_with_report",
+    "encode_with_feedback",
+    "decode",
+    "decode_full",
+    "peek_spec",
+    "EncodeReport",
+    "DecodedPayload",
+    "PayloadError",
+    "SpecError",
+    "UpdateError",
+    "register_importance",
+    "MAGIC",
+    "FORMAT_VERSION",
+]
