@@ -75,7 +75,7 @@ def _mean(xs: Sequence[float]) -> float | str:
 
 
 def _ratio(dense: int, sent: int) -> float | str:
-    return round(dense / sent, 3) if sent else ""
+    return round(dense / sent, 3) if sent and dense else ""
 
 
 class Ledger:

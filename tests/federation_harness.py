@@ -1,0 +1,99 @@
+"""In-process federations for tests: the real ServerApp loop and ClientApp on Flower's
+simulation engine, with a Grid that records every message it sends and receives.
+
+``flwr.simulation.run_simulation`` (deprecated, but the only in-process engine)
+does not read ``[tool.flwr.app.config]``, so the test passes the config itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Message
+from flwr.serverapp import Grid, ServerApp
+
+from client.client_app import app as client_app
+from fedsqueeze.config import RunConfig
+from server.federation import run_federation
+
+
+class RecordingGrid(Grid):
+    """Delegates to a real Grid; keeps (sent messages, received replies) per call."""
+
+    def __init__(self, inner: Grid):
+        self.inner = inner
+        self.exchanges: list[tuple[list[Message], list[Message]]] = []
+
+    def set_run(self, run):  # pragma: no cover - delegated
+        self.inner.set_run(run)
+
+    @property
+    def run(self):
+        return self.inner.run
+
+    def create_message(self, *args, **kwargs):  # pragma: no cover - deprecated API
+        return self.inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages):  # pragma: no cover - unused by the loop
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids):  # pragma: no cover - unused by the loop
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        self.exchanges.append((messages, replies))
+        return replies
+
+
+def run_inprocess(
+    config: Mapping[str, Any], out_dir: Path, num_supernodes: int = 5, tamper=None
+) -> tuple[dict[str, Any], RecordingGrid]:
+    """Run a federation in this process; return (summary, recording grid).
+
+    ``tamper(grid) -> grid`` may wrap the recording grid (e.g. to corrupt replies).
+    """
+    from flwr.simulation import run_simulation
+
+    cfg = RunConfig.from_mapping({**config, "out-dir": str(out_dir)})
+    holder: dict[str, Any] = {}
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context) -> None:
+        rec = RecordingGrid(grid)
+        holder["grid"] = rec
+        holder["summary"] = run_federation(tamper(rec) if tamper else rec, cfg, Path(out_dir))
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    run_simulation(
+        server_app=server,
+        client_app=client_app,
+        num_supernodes=num_supernodes,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": 2, "logging_level": "ERROR", "log_to_driver": False,
+                          "include_dashboard": False},
+        },
+    )
+    if "summary" not in holder:
+        raise RuntimeError("the ServerApp did not finish; see the log above")
+    return holder["summary"], holder["grid"]
+
+
+SMALL = {
+    "model": "seed-cnn",
+    "num-server-rounds": 3,
+    "fraction-train": 0.4,
+    "min-available-nodes": 5,
+    "local-epochs": 1,
+    "batch-size": 20,
+    "lr": 0.05,
+}
