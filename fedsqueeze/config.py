@@ -39,6 +39,7 @@ class RunConfig:
     shards_per_client: int = 2
     # federation
     num_server_rounds: int = 10
+    stop_at_accuracy: float = 0.0
     fraction_train: float = 0.1
     min_train_nodes: int = 2
     min_available_nodes: int = 2
@@ -120,6 +121,7 @@ class RunConfig:
         need(self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0")
         need(self.shards_per_client >= 1, "shards-per-client", "must be >= 1")
         need(self.num_server_rounds >= 0, "num-server-rounds", "must be >= 0")
+        need(0 <= self.stop_at_accuracy <= 1, "stop-at-accuracy", "must be in [0, 1] (0 = run every round)")
         need(0 < self.fraction_train <= 1, "fraction-train", "must be in (0, 1]")
         need(self.min_train_nodes >= 1, "min-train-nodes", "must be >= 1")
         need(self.min_available_nodes >= 1, "min-available-nodes", "must be >= 1")

@@ -247,6 +247,9 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         log(f"round {rnd}: acc={row.test_accuracy:.4f} loss={row.test_loss:.4f} ok={row.clients_ok}/"
             f"{row.clients_sampled} up={row.uplink_bytes:,}B (x{written['uplink_ratio']}) "
             f"down={row.downlink_bytes:,}B (x{written['downlink_ratio']}) {row.round_s:.1f}s")
+        if cfg.stop_at_accuracy and row.test_accuracy >= cfg.stop_at_accuracy:
+            log(f"round {rnd}: reached stop-at-accuracy {cfg.stop_at_accuracy:g}; stopping")
+            break
     summary = run.summary("completed")
     write_summary(out_dir, summary)
     fp32_up = summary["cum_uplink_dense_bytes"]
