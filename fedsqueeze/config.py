@@ -31,6 +31,7 @@ class RunConfig:
     name: str = "stc"
     seed: int = 0
     out_dir: str = ""
+    resume: bool = False
     # data and model
     data_dir: str = ""
     model: str = "mcmahan-cnn"

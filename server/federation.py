@@ -28,6 +28,7 @@ from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.train import evaluate
 from server.accounting import message_bytes
 from server.aggregate import ServerOptimizer, weighted_mean
+from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.downlink import Broadcaster
 from server.protocol import CONFIG, METRICS, MODEL, payloads_record
 from server.replies import Accepted, Rejected, screen_reply
@@ -100,8 +101,10 @@ class _Run:
     up_spec: compression.PipelineSpec
     broadcaster: Broadcaster
     optimizer: ServerOptimizer
-    ledger: Ledger
+    ledger: Ledger | None
     started: float
+    resume_handshake_bytes: int = 0
+    resumed_at: int | None = None
 
     def evaluate(self) -> tuple[float, float]:
         x, y = test_tensors(self.cfg.data_dir or None)
@@ -109,7 +112,7 @@ class _Run:
         return evaluate(self.model, x, y, self.cfg.eval_batch_size)
 
     def summary(self, status: str) -> dict[str, Any]:
-        rows = self.ledger.rows
+        rows = self.ledger.rows if self.ledger else []
         accs = [float(r["test_accuracy"]) for r in rows]
         last = rows[-1] if rows else {}
         return {
@@ -129,6 +132,8 @@ class _Run:
             "cum_downlink_dense_bytes": int(last.get("cum_downlink_dense_bytes", 0)),
             "wall_s": float(last.get("wall_s", 0.0)),
             "targets": targets_reached(rows),
+            "resumed_at_round": self.resumed_at,
+            "resume_handshake_bytes": self.resume_handshake_bytes,
             "versions": package_versions(),
             "git_revision": git_revision(),
         }
@@ -150,7 +155,7 @@ def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
         broadcaster=Broadcaster(cfg.downlink_mode, down_spec, cfg.seed, {k: v.clone() for k, v in weights.items()}),
         optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta1,
                                   cfg.server_beta2, cfg.server_tau),
-        ledger=Ledger(out_dir, str(resolve_pipeline(cfg.uplink)), str(down_spec)),
+        ledger=None,
         started=time.perf_counter(),
     )
 
@@ -227,29 +232,66 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int]) -> R
     return row
 
 
+def _checkpoint(run: _Run, round_: int) -> None:
+    assert run.ledger is not None
+    save_checkpoint(run.out_dir, Checkpoint(
+        round=round_, ledger_rows=len(run.ledger.rows), config=run.cfg.to_mapping(), weights=run.weights,
+        broadcast=run.broadcaster.broadcast, optimizer_state=run.optimizer.state,
+        history=run.broadcaster.history))
+
+
+def _resume(run: _Run) -> int:
+    """Restore the last checkpoint if asked to; return the first round still to run (0 = fresh)."""
+    ckpt = load_checkpoint(run.out_dir, run.cfg.to_mapping()) if run.cfg.resume else None
+    pipelines = (str(run.up_spec), str(run.broadcaster.spec))
+    if ckpt is None:
+        if run.cfg.resume:
+            log(f"resume: no checkpoint in {run.out_dir}; starting from round 0")
+        run.ledger = Ledger(run.out_dir, *pipelines)
+        return 0
+    run.weights, run.optimizer.state = ckpt.weights, ckpt.optimizer_state
+    run.broadcaster.broadcast, run.broadcaster.history = ckpt.broadcast, ckpt.history
+    run.ledger = Ledger(run.out_dir, *pipelines, keep_rows=ckpt.ledger_rows)
+    run.started = time.perf_counter() - float(run.ledger.rows[-1]["wall_s"])
+    run.resumed_at = ckpt.round
+    log(f"resume: continuing after round {ckpt.round} (client residuals start from zero)")
+    return ckpt.round + 1
+
+
 def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
-    """Run ``cfg.num_server_rounds`` rounds; write the ledger and ``summary.json``; return the summary."""
+    """Run ``cfg.num_server_rounds`` rounds; write the ledger and ``summary.json``; return the summary.
+
+    With ``cfg.resume`` and a checkpoint in ``out_dir``, continue after its round.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _setup(cfg, out_dir)
+    first = _resume(run)
+    assert run.ledger is not None
     log(f"run {cfg.name!r} seed={cfg.seed} model={cfg.model} ({run.num_params:,} params) "
         f"uplink={run.up_spec} downlink={run.broadcaster.spec} ({cfg.downlink_mode}) out={out_dir}")
     nodes, down, up = handshake(grid, cfg)
     log(f"handshake: {len(nodes)} nodes")
-    loss, acc = run.evaluate()
-    run.ledger.append(RoundRow(0, acc, loss, uplink_bytes=up, downlink_bytes=down, clients_sampled=len(nodes),
-                               clients_ok=len(nodes), applied=False), time.perf_counter() - run.started)
-    log(f"round 0: acc={acc:.4f} loss={loss:.4f}")
+    if first == 0:
+        loss, acc = run.evaluate()
+        run.ledger.append(RoundRow(0, acc, loss, uplink_bytes=up, downlink_bytes=down, clients_sampled=len(nodes),
+                                   clients_ok=len(nodes), applied=False), time.perf_counter() - run.started)
+        log(f"round 0: acc={acc:.4f} loss={loss:.4f}")
+        _checkpoint(run, 0)
+        first = 1
+    else:
+        run.resume_handshake_bytes = up + down  # real traffic, but not part of the uninterrupted run's ledger
     write_summary(out_dir, run.summary("running"))
-    for rnd in range(1, cfg.num_server_rounds + 1):
+    for rnd in range(first, cfg.num_server_rounds + 1):
+        if cfg.stop_at_accuracy and float(run.ledger.rows[-1]["test_accuracy"]) >= cfg.stop_at_accuracy:
+            log(f"reached stop-at-accuracy {cfg.stop_at_accuracy:g} at round {rnd - 1}; stopping")
+            break
         row = _train_round(run, grid, rnd, nodes)
         written = run.ledger.append(row, time.perf_counter() - run.started)
+        _checkpoint(run, rnd)
         write_summary(out_dir, run.summary("running"))
         log(f"round {rnd}: acc={row.test_accuracy:.4f} loss={row.test_loss:.4f} ok={row.clients_ok}/"
             f"{row.clients_sampled} up={row.uplink_bytes:,}B (x{written['uplink_ratio']}) "
             f"down={row.downlink_bytes:,}B (x{written['downlink_ratio']}) {row.round_s:.1f}s")
-        if cfg.stop_at_accuracy and row.test_accuracy >= cfg.stop_at_accuracy:
-            log(f"round {rnd}: reached stop-at-accuracy {cfg.stop_at_accuracy:g}; stopping")
-            break
     summary = run.summary("completed")
     write_summary(out_dir, summary)
     fp32_up = summary["cum_uplink_dense_bytes"]

@@ -30,7 +30,8 @@ import httpx
 from fedsqueeze.config import ConfigError, RunConfig, load_toml_overrides, parse_value
 from fedsqueeze.ledger import git_revision
 
-__all__ = ["APP_DIR", "PRESET_DIR", "RunFailed", "resolve_overrides", "run_experiment", "private_superlink", "main"]
+__all__ = ["APP_DIR", "PRESET_DIR", "RunFailed", "resolve_overrides", "run_experiment", "private_superlink", "stop_tree",
+           "descendants", "main"]
 
 APP_DIR = Path(__file__).resolve().parent.parent
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -73,18 +74,67 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """Terminate the process group we started (SIGTERM, then SIGKILL)."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+def descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of ``pid`` (from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop_tree(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop ``proc`` and everything it spawned (SIGTERM, then SIGKILL).
+
+    Flower's SuperLink starts its SuperExec (and through it the ServerApp and
+    Ray) in new sessions, so killing the process group is not enough; the
+    tree is collected from /proc before anything is signalled.
+    """
+    pids = [proc.pid, *descendants(proc.pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + (timeout if sig == signal.SIGTERM else 5)
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.2)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(0.1)
+        if not any(_alive(p) for p in pids):
+            return
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``).
+
+    Ray's helper processes outlive their parents; as a subreaper this process
+    inherits them instead of init, so :func:`reap_orphans` can stop them.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap_orphans(keep: set[int] | frozenset[int] = frozenset()) -> None:
+    """Stop every descendant of this process not in ``keep`` (those predating the run)."""
+    for pid in set(descendants(os.getpid())) - set(keep):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
     try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 @contextlib.contextmanager
@@ -122,7 +172,7 @@ def private_superlink(flwr_home: Path, extra_env: Mapping[str, str] | None = Non
             time.sleep(0.3)
         yield "fedsqueeze"
     finally:
-        _stop(proc)
+        stop_tree(proc)
         log.close()
 
 
@@ -139,11 +189,16 @@ def run_experiment(
     total_cpus: int | None = None,
     quiet: bool = False,
     timeout_s: float | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run one federation through ``flwr run`` on a private SuperLink; return its summary.
 
     ``config`` is a validated kebab-case mapping (see :func:`resolve_overrides`);
-    ``out-dir`` is set to ``out_dir``.
+    ``out-dir`` is set to ``out_dir``. With ``ray_address`` (``host:port`` of a
+    running Ray cluster's GCS) the simulation attaches to that cluster instead
+    of starting its own Ray: ``RAY_ADDRESS`` is set for the SuperLink (and so
+    for the simulation process that calls ``ray.init``) and ``total_cpus`` is
+    ignored, because Ray refuses resource arguments when connecting.
 
     Raises
     ------
@@ -155,15 +210,19 @@ def run_experiment(
     config = {**config, "out-dir": str(out_dir)}
     RunConfig.from_mapping(config)
     total_cpus = total_cpus or os.cpu_count() or 1
+    become_subreaper()
+    before = set(descendants(os.getpid()))
     with tempfile.TemporaryDirectory(prefix="fedsqueeze-flwr-") as tmp:
         run_toml = Path(tmp) / "run-config.toml"
         run_toml.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in config.items()))
         rev = git_revision() or ""
-        with private_superlink(Path(tmp) / "flwr-home", {"FEDSQUEEZE_GIT_REV": rev}) as conn:
+        link_env = {"FEDSQUEEZE_GIT_REV": rev, **({"RAY_ADDRESS": ray_address} if ray_address else {})}
+        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"
+        if not ray_address:
+            federation += f" init-args-num-cpus={total_cpus}"
+        with private_superlink(Path(tmp) / "flwr-home", link_env) as conn:
             cmd = ["flwr", "run", str(APP_DIR), conn, "--stream", "--run-config", str(run_toml),
-                   "--federation-config",
-                   f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client} "
-                   f"init-args-num-cpus={total_cpus}"]
+                   "--federation-config", federation]
             env = {**os.environ, "FLWR_HOME": str(Path(tmp) / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     start_new_session=True)
@@ -176,7 +235,8 @@ def run_experiment(
                         print(line, end="", flush=True)
                 proc.wait(timeout_s)
             finally:
-                _stop(proc)
+                stop_tree(proc)
+    reap_orphans(keep=before)
     summary_path = out_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if summary.get("status") != "completed":
@@ -192,16 +252,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="results directory (metrics.csv, summary.json)")
     parser.add_argument("--num-supernodes", type=int, default=100)
     parser.add_argument("--quiet", action="store_true", help="only FedSqueeze's own progress lines")
+    parser.add_argument("--ray-address", default=None,
+                        help="attach the simulation to this running Ray cluster (GCS host:port)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint (same config)")
     args = parser.parse_args(argv)
+    # SIGTERM must unwind through the finally blocks that stop the SuperLink.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     overrides = {}
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"override {item!r} is not key=value")
         overrides[key.strip()] = parse_value(value.strip())
+    if args.resume:
+        overrides["resume"] = True
     try:
         config = resolve_overrides(args.preset, overrides)
-        summary = run_experiment(config, Path(args.out), num_supernodes=args.num_supernodes, quiet=args.quiet)
+        summary = run_experiment(config, Path(args.out), num_supernodes=args.num_supernodes, quiet=args.quiet,
+                                 ray_address=args.ray_address)
     except (ConfigError, RunFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,3 +23,18 @@ def mnist():
     from fedsqueeze.data import load_mnist
 
     return load_mnist(mnist_dir())
+
+
+def pytest_sessionstart(session):
+    # Orphaned Ray/Flower helpers are re-parented to this process, not init...
+    from simulations.run import become_subreaper, descendants
+
+    become_subreaper()
+    session.config._fedsqueeze_preexisting = set(descendants(os.getpid()))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # ...so whatever a test started and left behind is stopped here, by PID.
+    from simulations.run import reap_orphans
+
+    reap_orphans(keep=getattr(session.config, "_fedsqueeze_preexisting", set()))
