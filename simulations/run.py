@@ -151,7 +151,10 @@ def private_superlink(flwr_home: Path, extra_env: Mapping[str, str] | None = Non
         f'[superlink]\ndefault = "fedsqueeze"\n\n[superlink.fedsqueeze]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
     env = {**os.environ, **(extra_env or {}), "FLWR_HOME": str(flwr_home),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           # Ray nices its workers to 15 by default: the clients, i.e. the actual
+           # training, would then lose the CPU to anything else on the machine.
+           "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0")}
     log = open(flwr_home / "superlink.log", "wb")
     proc = subprocess.Popen(
         [shutil.which("flower-superlink") or "flower-superlink", "--insecure", "--simulation",

@@ -1,0 +1,198 @@
+"""Where does a simulated round's time go? Ratios against the physical floor, one run.
+
+Workload (issue 7): ``mcmahan-cnn``, 10 clients per round, 600 samples each,
+1 local epoch, batch 10, SGD lr 0.05.
+
+1. floor: the same local training of 10 clients in a plain PyTorch loop in
+   this process (no Flower), best of "sequential, 2 threads" and "two workers
+   with 1 thread each" (the simulation's layout);
+2. the same rounds through ``flwr run`` (Ray backend, 100 supernodes) with
+   ``fedavg-fp32`` and with ``stc``: median round wall time (round 1 excluded:
+   actor start-up) and the peak RSS of the whole process tree;
+3. the data path: samples/s of this project's tensor loader against
+   torchvision ``MNIST`` + ``ToTensor``/``Normalize`` + ``DataLoader``;
+4. encode+decode time of the STC uplink per round as a fraction of training.
+
+Usage: ``python benchmarks/bench_round.py [--rounds 5] [--repeats 3]``
+(set ``FEDSQUEEZE_DATA_DIR``). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import compression
+from fedsqueeze.data import load_mnist, to_input
+from fedsqueeze.models import build_model, initial_state
+from fedsqueeze.partition import partition
+from fedsqueeze.train import state_delta, train
+
+CLIENTS, EPOCHS, BATCH, LR = 10, 1, 10, 0.05
+
+
+def _client_tensors(n_clients: int = CLIENTS):
+    mnist = load_mnist()
+    labels = np.asarray(mnist.train_labels)
+    parts = partition(labels, 100, "iid", seed=0)[:n_clients]
+    return [(to_input(mnist.train_images[p]), torch.from_numpy(labels[p].astype(np.int64))) for p in parts]
+
+
+def _train_clients(idx: list[int], threads: int) -> float:
+    torch.set_num_threads(threads)
+    data = _client_tensors()
+    start = time.perf_counter()
+    w0 = initial_state("mcmahan-cnn", 0)
+    model = build_model("mcmahan-cnn")
+    for i in idx:
+        model.load_state_dict(w0)
+        train(model, *data[i], epochs=EPOCHS, batch_size=BATCH, lr=LR, seed=i)
+    return time.perf_counter() - start
+
+
+def floor_seconds() -> dict[str, float]:
+    """Wall time of 10 clients' local training without Flower, two layouts."""
+    sequential = _train_clients(list(range(CLIENTS)), threads=2)
+    ctx = mp.get_context("spawn")
+    start = time.perf_counter()
+    with ctx.Pool(2) as pool:
+        pool.starmap(_train_clients, [(list(range(0, CLIENTS, 2)), 1), (list(range(1, CLIENTS, 2)), 1)])
+    parallel = time.perf_counter() - start
+    return {"sequential-2-threads": sequential, "2-workers-1-thread": parallel}
+
+
+class _RssSampler(threading.Thread):
+    """Peak summed RSS of this process and all its descendants (sampled every 0.25 s)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.stop = 0, threading.Event()
+
+    def run(self) -> None:
+        from simulations.run import descendants
+
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self.stop.is_set():
+            total = 0
+            for pid in [os.getpid(), *descendants(os.getpid())]:
+                try:
+                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+                except (OSError, IndexError, ValueError):
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.25)
+
+
+def simulated_rounds(preset: str, rounds: int) -> tuple[list[float], int, list[dict]]:
+    """Round wall times (s), peak RSS (bytes) and ledger rows of a real `flwr run` simulation."""
+    from simulations.run import resolve_overrides, run_experiment
+
+    cfg = resolve_overrides(preset, {"model": "mcmahan-cnn", "num-server-rounds": rounds, "local-epochs": EPOCHS,
+                                     "batch-size": BATCH, "lr": LR, "min-available-nodes": 100})
+    sampler = _RssSampler()
+    sampler.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        run_experiment(cfg, Path(tmp), num_supernodes=100, quiet=True)
+        with open(Path(tmp) / "metrics.csv") as fh:
+            rows = list(csv.DictReader(fh))
+    sampler.stop.set()
+    sampler.join()
+    return [float(r["round_s"]) for r in rows[1:]], sampler.peak, rows
+
+
+def data_path_samples_per_s(repeats: int) -> dict[str, float]:
+    """Samples/s over the same 6,000 images in batches of 10: ours vs the quickstart pipeline."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    mnist = load_mnist()
+    idx = partition(np.asarray(mnist.train_labels), 10, "iid", seed=0)[0]
+    ours, theirs = [], []
+    with tempfile.TemporaryDirectory() as root:
+        raw = Path(root) / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        src = Path(os.environ.get("FEDSQUEEZE_DATA_DIR", ""))
+        for f in src.glob("*-ubyte*"):
+            (raw / f.name).symlink_to(f.resolve())
+        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        ds = Subset(datasets.MNIST(root, train=True, download=False, transform=tf), idx.tolist())
+        for _ in range(repeats):
+            start = time.perf_counter()
+            x = to_input(mnist.train_images[idx])
+            y = torch.from_numpy(np.asarray(mnist.train_labels)[idx].astype(np.int64))
+            order = torch.randperm(len(y))
+            for lo in range(0, len(y), BATCH):
+                b = order[lo : lo + BATCH]
+                _ = (x[b], y[b])
+            ours.append(len(idx) / (time.perf_counter() - start))
+            start = time.perf_counter()
+            for _ in DataLoader(ds, batch_size=BATCH, shuffle=True):
+                pass
+            theirs.append(len(idx) / (time.perf_counter() - start))
+    return {"ours": statistics.median(ours), "torchvision": statistics.median(theirs)}
+
+
+def codec_fraction(repeats: int) -> tuple[float, float]:
+    """(encode+decode s per client, local training s per client) for STC on a real delta."""
+    torch.set_num_threads(1)
+    x, y = _client_tensors(1)[0]
+    model = build_model("mcmahan-cnn")
+    w0 = initial_state("mcmahan-cnn", 0)
+    model.load_state_dict(w0)
+    t_train = train(model, x, y, epochs=EPOCHS, batch_size=BATCH, lr=LR, seed=0).seconds
+    delta = state_delta(model.state_dict(), w0)
+    spec = compression.parse_spec("stc")
+    times = []
+    for r in range(repeats):
+        start = time.perf_counter()
+        payload, _, _ = compression.encode_with_feedback(delta, None, spec, round=r + 1, seed=r)
+        compression.decode(payload)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), t_train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    floors = {k: [] for k in ("sequential-2-threads", "2-workers-1-thread")}
+    for _ in range(args.repeats):
+        for k, v in floor_seconds().items():
+            floors[k].append(v)
+    floor_med = {k: statistics.median(v) for k, v in floors.items()}
+    floor = min(floor_med.values())
+    sims = {p: simulated_rounds(p, args.rounds) for p in ("fedavg-fp32", "stc")}
+    data = data_path_samples_per_s(args.repeats)
+    codec_s, train_s = codec_fraction(max(args.repeats, 5))
+
+    print(f"workload: mcmahan-cnn, {CLIENTS} clients/round x 600 samples, {EPOCHS} epoch, batch {BATCH}; "
+          f"{os.cpu_count()} CPUs; medians of {args.repeats} repeats ({args.rounds - 1} rounds for simulations)\n")
+    print("| measurement | value | ratio |")
+    print("|---|---:|---:|")
+    for k, v in floor_med.items():
+        print(f"| floor, plain PyTorch, {k} | {v:.2f} s | {v / floor:.2f}x floor |")
+    for p, (times, rss, _) in sims.items():
+        med = statistics.median(times[1:] if len(times) > 1 else times)
+        print(f"| Flower simulation round, {p} (median) | {med:.2f} s | **{med / floor:.2f}x floor** |")
+        print(f"| peak RSS, 100-client simulation, {p} | {rss / 2**20:,.0f} MiB | |")
+    print(f"| data path, this project (samples/s) | {data['ours']:,.0f} | "
+          f"**{data['ours'] / data['torchvision']:.1f}x torchvision** |")
+    print(f"| data path, torchvision MNIST+ToTensor+Normalize+DataLoader | {data['torchvision']:,.0f} | 1.0x |")
+    print(f"| STC encode+decode per client | {codec_s * 1e3:.1f} ms | "
+          f"**{100 * codec_s / train_s:.2f} % of training** ({train_s:.2f} s) |")
+
+
+if __name__ == "__main__":
+    main()
