@@ -128,7 +128,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7, help="codec timing repeats (median)")
     ap.add_argument("--epoch-repeats", type=int, default=3, help="local-epoch timing repeats (median)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for epoch and codec (clients run with client-threads = 1)")
     args = ap.parse_args()
+    # One thread, as each simulated client: with more OpenMP threads than free
+    # cores the epoch time balloons (spin-waiting) and the fraction looks better than it is.
+    torch.set_num_threads(args.threads)
 
     update = make_update()
     n = sum(v.numel() for v in update.values())
