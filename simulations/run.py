@@ -122,9 +122,26 @@ def become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def reap_orphans(keep: set[int] | frozenset[int] = frozenset()) -> None:
-    """Stop every descendant of this process not in ``keep`` (those predating the run)."""
-    for pid in set(descendants(os.getpid())) - set(keep):
+    """Stop descendants of this process that appeared during a run.
+
+    Processes in ``keep`` (those that predate the run) and their subtrees are
+    spared, e.g. a Ray cluster the caller started and attached the run to.
+    """
+    me = os.getpid()
+    for pid in set(descendants(me)) - set(keep):
+        ancestor = _parent(pid)
+        while ancestor not in (None, me, 1, 0) and ancestor not in keep:
+            ancestor = _parent(ancestor)
+        if ancestor in keep:
+            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
 
