@@ -22,7 +22,8 @@ from flwr.serverapp import Grid
 import compression
 from client.local_round import TrainInstruction
 from fedsqueeze.config import RunConfig, resolve_pipeline
-from fedsqueeze.data import test_tensors
+from fedsqueeze.data import load_mnist, test_tensors
+from fedsqueeze.partition import describe, label_counts, partition
 from fedsqueeze.ledger import Ledger, RoundRow, git_revision, package_versions, targets_reached, write_summary
 from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.train import evaluate
@@ -64,8 +65,24 @@ def plan_injections(sampled: list[int], cfg: RunConfig, round_: int) -> dict[int
     return plan
 
 
-def handshake(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], int, int]:
-    """Ask every node for its partition id. Returns (partition → node, down bytes, up bytes)."""
+def log_partitions(cfg: RunConfig, num_partitions: int, out_dir: Path) -> None:
+    """Log the partition summary and write per-client sizes and label counts to ``partitions.csv``."""
+    labels = np.asarray(load_mnist(cfg.data_dir or None).train_labels)
+    parts = partition(labels, num_partitions, cfg.partition, seed=cfg.seed, alpha=cfg.dirichlet_alpha,
+                      shards_per_client=cfg.shards_per_client)
+    log(describe(labels, parts, limit=5))
+    counts = label_counts(labels, parts)
+    with open(out_dir / "partitions.csv", "w") as fh:
+        fh.write("partition_id,num_examples," + ",".join(f"label_{d}" for d in range(10)) + "\n")
+        for pid, row in enumerate(counts):
+            fh.write(f"{pid},{int(row.sum())}," + ",".join(str(int(c)) for c in row) + "\n")
+
+
+def handshake(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], int, int, int]:
+    """Ask every node for its partition id.
+
+    Returns (partition → node, number of partitions, downlink bytes, uplink bytes).
+    """
     deadline = time.monotonic() + 300
     while True:
         node_ids = sorted(grid.get_node_ids())
@@ -79,6 +96,7 @@ def handshake(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], int, int]:
     replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout or None))
     up = sum(message_bytes(r) for r in replies)
     mapping: dict[int, int] = {}
+    num_partitions = 0
     for r in replies:
         if r.has_error():
             log(f"handshake: node {r.metadata.src_node_id} failed: {r.error.reason[:120]}")
@@ -87,7 +105,8 @@ def handshake(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], int, int]:
         if pid in mapping:
             raise RuntimeError(f"two nodes claim partition {pid}")
         mapping[pid] = r.metadata.src_node_id
-    return mapping, down, up
+        num_partitions = max(num_partitions, int(r.content[METRICS]["num-partitions"]))
+    return mapping, num_partitions, down, up
 
 
 @dataclass
@@ -269,8 +288,9 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     assert run.ledger is not None
     log(f"run {cfg.name!r} seed={cfg.seed} model={cfg.model} ({run.num_params:,} params) "
         f"uplink={run.up_spec} downlink={run.broadcaster.spec} ({cfg.downlink_mode}) out={out_dir}")
-    nodes, down, up = handshake(grid, cfg)
-    log(f"handshake: {len(nodes)} nodes")
+    nodes, num_partitions, down, up = handshake(grid, cfg)
+    log(f"handshake: {len(nodes)} nodes of {num_partitions} partitions")
+    log_partitions(cfg, num_partitions, out_dir)
     if first == 0:
         loss, acc = run.evaluate()
         run.ledger.append(RoundRow(0, acc, loss, uplink_bytes=up, downlink_bytes=down, clients_sampled=len(nodes),

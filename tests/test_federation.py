@@ -52,6 +52,9 @@ def test_fp32_ledger_equals_reserialized_messages(tmp_path):
     assert summary["status"] == "completed" and summary["rounds_completed"] == 3
     assert summary["cum_uplink_bytes"] == sum(up for _, up in recomputed)
     assert summary["versions"]["flwr"] == "1.42.0" and set(summary["targets"]) == {"0.97", "0.98", "0.985", "0.99"}
+    with open(tmp_path / "partitions.csv", newline="") as fh:
+        parts = list(csv.DictReader(fh))
+    assert len(parts) == 5 and sum(int(p["num_examples"]) for p in parts) == 60000
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
