@@ -97,3 +97,37 @@ SMALL = {
     "batch-size": 20,
     "lr": 0.05,
 }
+
+
+VOLATILE = {"round_s", "wall_s"}
+
+
+def read_rows(out_dir: Path) -> list[dict[str, str]]:
+    """The ledger rows of a run directory."""
+    import csv
+
+    with open(Path(out_dir) / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def assert_same_ledgers(a: list[dict[str, str]], b: list[dict[str, str]], envelope_jitter: int) -> None:
+    """Two ledgers are equal but for wall time and Flower's random-id varints.
+
+    Flower's node and run ids are random 64-bit varints in every message's
+    metadata, so a message can be a few bytes longer or shorter from one run
+    (or entry point) to the next; payloads are bit-identical. Byte columns may
+    therefore differ by ``envelope_jitter`` bytes per message; every other
+    column must be identical.
+    """
+    assert len(a) == len(b)
+    messages = 0
+    for ra, rb in zip(a, b):
+        messages += int(ra["clients_sampled"])
+        for key in ra:
+            if key in VOLATILE or key.endswith("_ratio"):  # ratios derive from the byte columns
+                continue
+            if key.endswith("_bytes") and "dense" not in key:
+                bound = envelope_jitter * (messages if key.startswith("cum_") else int(ra["clients_sampled"]))
+                assert abs(int(ra[key]) - int(rb[key])) <= bound, (ra["round"], key)
+            else:
+                assert ra[key] == rb[key], (ra["round"], key)
