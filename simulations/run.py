@@ -68,6 +68,12 @@ def resolve_overrides(preset: str | None, overrides: Mapping[str, Any] | None = 
     return RunConfig.from_mapping(merged).to_mapping()
 
 
+def executable(name: str) -> str:
+    """A console script of this environment (beside ``sys.executable``), else from PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -171,10 +177,12 @@ def private_superlink(flwr_home: Path, extra_env: Mapping[str, str] | None = Non
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
            # Ray nices its workers to 15 by default: the clients, i.e. the actual
            # training, would then lose the CPU to anything else on the machine.
-           "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0")}
+           "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0"),
+           # The SuperLink spawns flower-superexec & co. by name: use this environment's.
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     log = open(flwr_home / "superlink.log", "wb")
     proc = subprocess.Popen(
-        [shutil.which("flower-superlink") or "flower-superlink", "--insecure", "--simulation",
+        [executable("flower-superlink"), "--insecure", "--simulation",
          "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port),
          "--disable-runtime-dependency-installation"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -241,7 +249,7 @@ def run_experiment(
         if not ray_address:
             federation += f" init-args-num-cpus={total_cpus}"
         with private_superlink(Path(tmp) / "flwr-home", link_env) as conn:
-            cmd = ["flwr", "run", str(APP_DIR), conn, "--stream", "--run-config", str(run_toml),
+            cmd = [executable("flwr"), "run", str(APP_DIR), conn, "--stream", "--run-config", str(run_toml),
                    "--federation-config", federation]
             env = {**os.environ, "FLWR_HOME": str(Path(tmp) / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
