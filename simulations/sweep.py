@@ -349,9 +349,17 @@ def _matches(run: RunSpec, pattern: str) -> bool:
 def config_differences(expected: Mapping[str, Any], recorded: Mapping[str, Any]) -> list[str]:
     """Keys whose values differ between two run configs, ignoring ``out-dir``.
 
+    Keys missing from either side take their current defaults.
+
     ``out-dir`` is where the run happened to be written; moving a sweep folder
     must not invalidate its results.
     """
+    from fedsqueeze.config import RunConfig
+
+    # A key added to RunConfig after a run was recorded counts as its default,
+    # which by construction reproduces the behaviour before the key existed.
+    defaults = RunConfig().to_mapping()
+    expected, recorded = {**defaults, **expected}, {**defaults, **recorded}
     keys = (set(expected) | set(recorded)) - {"out-dir"}
     return sorted(k for k in keys if expected.get(k, "<unset>") != recorded.get(k, "<unset>"))
 
