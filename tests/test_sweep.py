@@ -315,6 +315,9 @@ def test_a_live_running_run_is_not_started_twice(tmp_path):
 def test_config_differences_ignore_out_dir():
     assert sw.config_differences({"lr": 0.1, "out-dir": ""}, {"lr": 0.1, "out-dir": "/x"}) == []
     assert sw.config_differences({"lr": 0.1}, {"lr": 0.2, "seed": 1}) == ["lr", "seed"]
+    # a run recorded before a key existed: the key counts at its default, and only then
+    assert sw.config_differences({"lr": 0.1, "resume": False}, {"lr": 0.1}) == []
+    assert sw.config_differences({"lr": 0.1, "resume": True}, {"lr": 0.1}) == ["resume"]
 
 
 def test_eta_uses_the_median_of_completed_durations():
