@@ -32,7 +32,7 @@ from server.aggregate import ServerOptimizer, weighted_mean
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.downlink import Broadcaster
 from server.protocol import CONFIG, METRICS, MODEL, payloads_record
-from server.replies import Accepted, Rejected, screen_reply
+from server.replies import Accepted, Rejected, payload_bound, screen_reply
 
 __all__ = ["run_federation", "sample_partitions", "plan_injections"]
 
@@ -122,6 +122,7 @@ class _Run:
     optimizer: ServerOptimizer
     ledger: Ledger | None
     started: float
+    payload_bound: int = 0
     resume_handshake_bytes: int = 0
     resumed_at: int | None = None
 
@@ -163,19 +164,22 @@ def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
     model = build_model(cfg.model)
     weights = initial_state(cfg.model, cfg.seed)
     down_spec = resolve_pipeline(cfg.downlink)
+    shapes = {k: tuple(v.shape) for k, v in weights.items()}
+    up_spec = resolve_pipeline(cfg.uplink)
     return _Run(
         cfg=cfg,
         out_dir=out_dir,
         model=model,
         weights=weights,
-        shapes={k: tuple(v.shape) for k, v in weights.items()},
+        shapes=shapes,
         num_params=num_parameters(model),
-        up_spec=resolve_pipeline(cfg.uplink),
+        up_spec=up_spec,
         broadcaster=Broadcaster(cfg.downlink_mode, down_spec, cfg.seed, {k: v.clone() for k, v in weights.items()}),
         optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta1,
                                   cfg.server_beta2, cfg.server_tau),
         ledger=None,
         started=time.perf_counter(),
+        payload_bound=payload_bound(up_spec, shapes, cfg.seed),
     )
 
 
@@ -213,7 +217,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int]) -> R
     accepted: list[Accepted] = []
     answered = set()
     max_examples = 60_000
-    max_payload = 4 * run.num_params * 2 + 65_536
+    max_payload = run.payload_bound
     for reply in replies:
         nid = reply.metadata.src_node_id
         if nid not in pid_of or nid in answered:

@@ -19,7 +19,23 @@ from flwr.app import Message
 import compression
 from server.protocol import METRICS, UPDATE, ProtocolError, record_payloads
 
-__all__ = ["Accepted", "Rejected", "screen_reply"]
+__all__ = ["Accepted", "Rejected", "screen_reply", "payload_bound"]
+
+
+def payload_bound(spec: compression.PipelineSpec, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> int:
+    """Largest payload a client may send for ``spec`` and this model, in bytes.
+
+    The pipeline's own output for a dense standard-normal update of the
+    model's shapes (for data-dependent pruning by threshold, at least the
+    float32 encoding), with 50 % + 4 KiB of slack for data-dependent coding
+    (gap codes, Huffman). Checked before anything is decoded.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    probe = {k: torch.randn(shape, generator=gen) for k, shape in shapes.items()}
+    size = len(compression.encode(probe, spec, round=1, seed=seed))
+    if spec.as_dict().get("prune") == "threshold":
+        size = max(size, len(compression.encode(probe, compression.parse_spec("fp32"))))
+    return int(size * 1.5) + 4096
 
 
 @dataclass(frozen=True)

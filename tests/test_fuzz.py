@@ -89,7 +89,7 @@ PIPELINES = {
 
 SHAPES = {k: tuple(v.shape) for k, v in initial_state("seed-cnn", 0).items()}
 NUM_PARAMS = sum(math.prod(s) for s in SHAPES.values())
-MAX_PAYLOAD = 4 * NUM_PARAMS * 2 + 65_536   # as server.federation._train_round
+MAX_PAYLOAD = 4 * NUM_PARAMS * 2 + 65_536   # generous; the server uses server.replies.payload_bound
 MAX_EXAMPLES = 60_000
 MARKER = 0.123456789  # a unique float written into a raw tensor so NaN can be planted at its offset
 
