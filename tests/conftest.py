@@ -19,6 +19,18 @@ def mnist_dir() -> str | None:
 
 
 @pytest.fixture(scope="session")
+def instruction():
+    """A server train instruction built outside the Flower runtime, to reply to in tests."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # Messages built outside the runtime need a task identity first.
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    return Message(RecordDict({"config": ConfigRecord({"round": 1})}), 7, "train", group_id="1")
+
+
+@pytest.fixture(scope="session")
 def mnist():
     from fedsqueeze.data import load_mnist
 

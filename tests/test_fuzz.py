@@ -320,14 +320,6 @@ def _run(engine: str, fn, *args) -> str:
 # ----------------------------------------------------------------------------- reply messages
 
 
-@pytest.fixture(scope="module")
-def instruction():
-    from flwr.app import ConfigRecord, Message, RecordDict
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    return Message(RecordDict({"config": ConfigRecord({"round": 1})}), 7, "train", group_id="1")
 
 
 REPLY_MUTATIONS = ("valid", "payload", "payload", "payload", "array-dtype", "array-stype", "array-shape",

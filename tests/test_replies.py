@@ -27,13 +27,6 @@ def real_delta(mnist):
     return state_delta(model.state_dict(), w0)
 
 
-@pytest.fixture(scope="module")
-def instruction():
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    return Message(RecordDict({"config": ConfigRecord({"round": 1})}), 7, "train", group_id="1")
 
 
 def _reply(instruction, payload: bytes) -> Message:
