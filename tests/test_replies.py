@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 
 import compression
 from fedsqueeze.data import to_input
