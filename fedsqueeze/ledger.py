@@ -99,9 +99,7 @@ class Ledger:
         if keep_rows is not None and self.path.exists():
             with open(self.path, newline="") as fh:
                 self.rows = list(csv.DictReader(fh))[:keep_rows]
-            self._rewrite()
-        else:
-            self._rewrite()
+        self._rewrite()
 
     def _rewrite(self) -> None:
         tmp = self.path.with_suffix(".csv.tmp")
