@@ -58,6 +58,29 @@ def train(
     if n == 0:
         raise ValueError("train: empty partition")
     model.train()
+    with channels_last(model):
+        return _sgd(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                    weight_decay=weight_decay, seed=seed, masks=masks, bf16_autocast=bf16_autocast)
+
+
+@contextlib.contextmanager
+def channels_last(model: nn.Module):
+    """Hold ``model``'s 4-D weights in channels-last layout for the block, then restore them.
+
+    oneDNN's convolutions are ~1.5x (training, batch 10) to ~2x (evaluation)
+    faster on NHWC activations on this CPU class; restoring the default layout
+    afterwards keeps every ``state_dict`` the rest of the code sees contiguous.
+    Mutates the parameters' storage layout only, never their values.
+    """
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def _sgd(model, x, y, *, epochs, batch_size, lr, momentum, weight_decay, seed, masks, bf16_autocast) -> TrainResult:
+    n = len(y)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
@@ -83,9 +106,18 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
-    """Return ``(mean cross-entropy loss, accuracy)`` of ``model`` on ``(x, y)``."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250) -> tuple[float, float]:
+    """Return ``(mean cross-entropy loss, accuracy)`` of ``model`` on ``(x, y)``.
+
+    Batches of 250 in channels-last layout: the fastest setting measured for
+    the McMahan CNN on 2 cores (1.6 s against 4.8 s for 1,000-image NCHW batches).
+    """
     model.eval()
+    with channels_last(model):
+        return _evaluate(model, x, y, batch_size)
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
     loss_sum, correct = 0.0, 0
     for lo in range(0, len(y), batch_size):
         logits = model(x[lo : lo + batch_size])
