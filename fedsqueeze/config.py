@@ -69,7 +69,7 @@ class RunConfig:
     fail_crash: float = 0.0
     fail_corrupt: float = 0.0
     fail_hang: float = 0.0
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 250
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ COLUMNS = (
     "pipeline_down",
     "round_s",
     "wall_s",
+    "train_phase_s",
+    "eval_s",
+    "client_train_s",
+    "client_encode_s",
 )
 
 
@@ -68,10 +73,18 @@ class RoundRow:
     failures: list[str] = field(default_factory=list)
     applied: bool = False
     round_s: float = 0.0
+    train_phase_s: float = 0.0  # broadcast sent -> last reply in (server wall clock)
+    eval_s: float = 0.0
+    client_train_s: list[float] = field(default_factory=list)
+    client_encode_s: list[float] = field(default_factory=list)
 
 
 def _mean(xs: Sequence[float]) -> float | str:
     return round(sum(xs) / len(xs), 6) if xs else ""
+
+
+def _median(xs: Sequence[float]) -> float | str:
+    return round(statistics.median(xs), 4) if xs else ""
 
 
 def _ratio(dense: int, sent: int) -> float | str:
@@ -141,6 +154,10 @@ class Ledger:
             "pipeline_down": self.pipeline_down,
             "round_s": round(r.round_s, 3),
             "wall_s": round(wall_s, 3),
+            "train_phase_s": round(r.train_phase_s, 3),
+            "eval_s": round(r.eval_s, 3),
+            "client_train_s": _median(r.client_train_s),
+            "client_encode_s": _median(r.client_encode_s),
         }
         self.rows.append(row)
         with open(self.path, "a", newline="") as fh:

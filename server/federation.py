@@ -212,7 +212,9 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int]) -> R
     row.downlink_bytes = sum(message_bytes(m) for m in messages)
     row.downlink_dense_bytes = 4 * run.num_params * len(messages)
 
+    t_sent = time.perf_counter()
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout or None))
+    row.train_phase_s = time.perf_counter() - t_sent
     replies.sort(key=lambda r: pid_of.get(r.metadata.src_node_id, -1))  # arrival order must not matter
     accepted: list[Accepted] = []
     answered = set()
@@ -233,6 +235,8 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int]) -> R
             row.failures.append(f"{result.tag}:{pid_of[nid]}")
             continue
         accepted.append(result)
+        row.client_train_s.append(result.train_s)
+        row.client_encode_s.append(result.encode_s)
         row.bits_per_param.append(8 * result.payload_bytes / run.num_params)
         if result.rel_distortion is not None:
             row.rel_distortion.append(result.rel_distortion)
@@ -250,7 +254,9 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int]) -> R
     else:
         log(f"round {round_}: {len(accepted)} valid replies < min-train-results={cfg.min_train_results}; "
             "keeping the previous global model")
+    t_eval = time.perf_counter()
     row.test_loss, row.test_accuracy = run.evaluate()
+    row.eval_s = time.perf_counter() - t_eval
     row.round_s = time.perf_counter() - t0
     return row
 
@@ -315,7 +321,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         write_summary(out_dir, run.summary("running"))
         log(f"round {rnd}: acc={row.test_accuracy:.4f} loss={row.test_loss:.4f} ok={row.clients_ok}/"
             f"{row.clients_sampled} up={row.uplink_bytes:,}B (x{written['uplink_ratio']}) "
-            f"down={row.downlink_bytes:,}B (x{written['downlink_ratio']}) {row.round_s:.1f}s")
+            f"down={row.downlink_bytes:,}B (x{written['downlink_ratio']}) {row.round_s:.1f}s "
+            f"(clients {row.train_phase_s:.1f}s, eval {row.eval_s:.1f}s)")
     summary = run.summary("completed")
     write_summary(out_dir, summary)
     fp32_up = summary["cum_uplink_dense_bytes"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from flwr.app import Message
@@ -46,6 +47,8 @@ class Accepted:
     payload_bytes: int
     rel_distortion: float | None
     train_loss: float
+    train_s: float = 0.0  # the client's own timings, for the ledger's time breakdown
+    encode_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -121,4 +124,11 @@ def screen_reply(
         payload_bytes=len(payload),
         rel_distortion=float(distortion) if isinstance(distortion, (int, float)) else None,
         train_loss=float(loss) if isinstance(loss, (int, float)) else float("nan"),
+        train_s=_seconds(metrics.get("train-s")),
+        encode_s=_seconds(metrics.get("encode-s")),
     )
+
+
+def _seconds(value: Any) -> float:
+    """A client-reported duration, or 0.0 when missing or not a finite non-negative number."""
+    return float(value) if isinstance(value, (int, float)) and 0.0 <= value < float("inf") else 0.0

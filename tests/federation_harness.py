@@ -99,7 +99,7 @@ SMALL = {
 }
 
 
-VOLATILE = {"round_s", "wall_s"}
+VOLATILE = {"round_s", "wall_s", "train_phase_s", "eval_s", "client_train_s", "client_encode_s"}
 
 
 def read_rows(out_dir: Path) -> list[dict[str, str]]:
