@@ -6,7 +6,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.local_round import ClientState, TrainInstruction, run_local_round
-from server.protocol import CONFIG, METRICS, MODEL, UPDATE, payloads_record, record_payloads
+from client.stage_query import StageQuery, answer_calibrate, answer_scores
+from server.protocol import CONFIG, MASK, METRICS, MODEL, UPDATE, payloads_record, record_payloads
 
 app = ClientApp()
 
@@ -39,8 +40,9 @@ def train(msg: Message, context: Context) -> Message:
     """Train locally and reply with the compressed model update."""
     ins = TrainInstruction.from_record(msg.content[CONFIG])
     payloads = record_payloads(msg.content[MODEL])
+    mask = record_payloads(msg.content[MASK])[0] if MASK in msg.content else None
     pid, n = _partition(context)
-    out = run_local_round(ins, payloads, _load_state(context), pid, n)
+    out = run_local_round(ins, payloads, _load_state(context), pid, n, mask_payload=mask)
     _save_state(context, out.state)
     content = RecordDict({UPDATE: payloads_record([out.payload], ["payload"]), METRICS: MetricRecord(out.metrics)})
     return Message(content=content, reply_to=msg)
@@ -48,7 +50,16 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Handshake: tell the server which partition this node holds."""
+    """Handshake (which partition this node holds), or a model-compression stage query."""
     pid, n = _partition(context)
-    return Message(content=RecordDict({METRICS: MetricRecord({"partition-id": pid, "num-partitions": n})}),
-                   reply_to=msg)
+    config = msg.content[CONFIG] if CONFIG in msg.content else {}
+    if "op" not in config:
+        return Message(content=RecordDict({METRICS: MetricRecord({"partition-id": pid, "num-partitions": n})}),
+                       reply_to=msg)
+    q = StageQuery.from_record(config)
+    (model_payload,) = record_payloads(msg.content[MODEL])
+    if q.op == "calibrate":
+        content = RecordDict({METRICS: MetricRecord(answer_calibrate(q, model_payload, pid, n))})
+    else:
+        content = RecordDict({UPDATE: payloads_record([answer_scores(q, model_payload, pid, n)], ["payload"])})
+    return Message(content=content, reply_to=msg)

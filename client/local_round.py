@@ -18,13 +18,16 @@ import torch
 
 import compression
 from fedsqueeze.data import load_mnist, to_input
+from fedsqueeze.modelzip import prepare_qat
+from fedsqueeze.modelzip.masks import unpack_masks
 from fedsqueeze.models import build_model, initial_state
 from fedsqueeze.partition import partition
 from fedsqueeze.train import state_delta, train
 
 FULL_MODEL = -1  # base_version: the payload is a whole model (server.downlink)
 
-__all__ = ["TrainInstruction", "ClientState", "RoundOutput", "run_local_round", "client_seed", "InjectedCrash"]
+__all__ = ["TrainInstruction", "ClientState", "RoundOutput", "run_local_round", "client_seed", "InjectedCrash",
+           "mask_state", "client_data", "received_model"]
 
 
 class InjectedCrash(RuntimeError):
@@ -58,6 +61,8 @@ class TrainInstruction:
     target_version: int
     inject: str = ""
     hang_s: float = 0.0
+    bf16_autocast: bool = False
+    qat: bool = False  # train the fake-quantized (int8 QAT) graph of the received model
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrainInstruction:
@@ -176,8 +181,14 @@ def run_local_round(
     state: ClientState,
     partition_id: int,
     num_partitions: int,
+    mask_payload: bytes | None = None,
 ) -> RoundOutput:
     """Train on this client's partition and return the compressed update.
+
+    With ``mask_payload`` (a pruned model's masks, ``fedsqueeze.modelzip.masks``)
+    pruned weights stay exactly zero during training, and the update and the
+    error-feedback residual are zero at pruned positions, so nothing the
+    client sends or remembers can revive a pruned weight.
 
     Does not mutate ``state``; the returned :class:`RoundOutput` carries the
     new state (updated residual and broadcast model).
@@ -187,16 +198,27 @@ def run_local_round(
         raise InjectedCrash(f"injected crash (round {ins.round}, partition {partition_id})")
     global_state, state = received_model(ins, payloads, state)
     x, y = client_data(ins, partition_id, num_partitions)
+    masks = unpack_masks(mask_payload, {k: tuple(v.shape) for k, v in global_state.items()}) if mask_payload else None
     model = _model(ins.model)
     model.load_state_dict(global_state)
+    if ins.qat:
+        model = prepare_qat(model)  # a trainable copy; parameter names are preserved
     seed = client_seed(ins.seed, ins.round, partition_id)
     result = train(model, x, y, epochs=ins.local_epochs, batch_size=ins.batch_size, lr=ins.lr,
-                   momentum=ins.momentum, weight_decay=ins.weight_decay, seed=seed)
-    update = state_delta(model.state_dict(), global_state)
+                   momentum=ins.momentum, weight_decay=ins.weight_decay, seed=seed, masks=masks,
+                   bf16_autocast=ins.bf16_autocast)
+    trained = model.state_dict()
+    update = state_delta({k: trained[k] for k in global_state}, global_state)
+    residual_in = state.residual
+    if masks:
+        update = mask_state(update, masks)
+        residual_in = mask_state(residual_in, masks) if residual_in is not None else None
 
     t0 = time.perf_counter()
     spec = compression.parse_spec(ins.uplink)
-    payload, residual, report = compression.encode_with_feedback(update, state.residual, spec, round=ins.round, seed=seed)
+    payload, residual, report = compression.encode_with_feedback(update, residual_in, spec, round=ins.round, seed=seed)
+    if masks and residual is not None:
+        residual = mask_state(residual, masks)
     encode_s = time.perf_counter() - t0
     if ins.inject == "corrupt":
         payload = corrupt(payload, seed)
@@ -210,6 +232,11 @@ def run_local_round(
         "encode-s": encode_s,
     }
     return RoundOutput(payload, metrics, ClientState(residual, state.broadcast, state.version))
+
+
+def mask_state(tensors: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copy of ``tensors`` with the entries at pruned positions (mask 0) set to exactly 0."""
+    return {k: v * masks[k] if k in masks else v for k, v in tensors.items()}
 
 
 def corrupt(payload: bytes, seed: int) -> bytes:

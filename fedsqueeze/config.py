@@ -17,6 +17,8 @@ from typing import Any
 __all__ = ["ConfigError", "RunConfig", "load_toml_overrides", "parse_value", "resolve_pipeline"]
 
 TARGETS = (0.97, 0.98, 0.985, 0.99)
+PRUNE_METHODS = ("global-l1", "layer-l1", "structured-l2", "taylor")
+QUANT_STAGES = ("static-int8", "qat-int8", "dynamic-int8", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -70,6 +72,32 @@ class RunConfig:
     fail_corrupt: float = 0.0
     fail_hang: float = 0.0
     eval_batch_size: int = 250
+    # mixed precision local training
+    bf16_autocast: bool = False
+    # model-level compression of the global model after the last round (off when both lists are empty)
+    prune_targets: str = ""
+    prune_method: str = "global-l1"
+    finetune_rounds: int = 2
+    finetune_lr: float = 0.0
+    qat_rounds: int = 0
+    model_quant: str = ""
+    stage_clients: int = 10
+    calibration_images: int = 600
+
+    @property
+    def prune_levels(self) -> tuple[float, ...]:
+        """``prune-targets`` as floats: cumulative sparsity after each prune step."""
+        return tuple(float(v) for v in self.prune_targets.split(",") if v.strip())
+
+    @property
+    def quant_stages(self) -> tuple[str, ...]:
+        """``model-quant`` as a tuple of stage names."""
+        return tuple(v.strip() for v in self.model_quant.split(",") if v.strip())
+
+    @property
+    def model_stages(self) -> bool:
+        """True if the run ends with the model-compression stages."""
+        return bool(self.prune_targets.strip() or self.model_quant.strip() or self.qat_rounds)
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -149,6 +177,21 @@ class RunConfig:
              "fail-crash + fail-corrupt + fail-hang must be <= 1")
         need(self.fail_hang == 0 or self.round_timeout > 0, "fail-hang", "needs round-timeout > 0")
         need(self.eval_batch_size >= 1, "eval-batch-size", "must be >= 1")
+        try:
+            levels = self.prune_levels
+        except ValueError:
+            raise ConfigError(f"config key 'prune-targets': {self.prune_targets!r} is not a comma list of numbers") from None
+        need(all(0 < a < 1 for a in levels) and list(levels) == sorted(set(levels)), "prune-targets",
+             "must be increasing sparsity levels in (0, 1), e.g. \"0.5,0.8\"")
+        need(self.prune_method in PRUNE_METHODS, "prune-method", f"must be one of {PRUNE_METHODS}")
+        need(self.finetune_rounds >= 0, "finetune-rounds", "must be >= 0")
+        need(self.finetune_lr >= 0, "finetune-lr", "must be >= 0 (0 = lr)")
+        need(self.qat_rounds >= 0, "qat-rounds", "must be >= 0")
+        unknown = [q for q in self.quant_stages if q not in QUANT_STAGES]
+        need(not unknown, "model-quant", f"unknown stage(s) {unknown}; choose from {QUANT_STAGES}")
+        need("qat-int8" not in self.quant_stages or self.qat_rounds >= 1, "model-quant", "qat-int8 needs qat-rounds >= 1")
+        need(self.stage_clients >= 1, "stage-clients", "must be >= 1")
+        need(self.calibration_images >= 1, "calibration-images", "must be >= 1")
         need(not self.out_dir or Path(self.out_dir).is_absolute(), "out-dir",
              "must be an absolute path (the ServerApp runs in the SuperLink's directory)")
         for key in ("uplink", "downlink"):

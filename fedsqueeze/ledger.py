@@ -52,6 +52,7 @@ COLUMNS = (
     "eval_s",
     "client_train_s",
     "client_encode_s",
+    "phase",
 )
 
 
@@ -77,6 +78,7 @@ class RoundRow:
     eval_s: float = 0.0
     client_train_s: list[float] = field(default_factory=list)
     client_encode_s: list[float] = field(default_factory=list)
+    phase: str = "train"  # or finetune-<sparsity> / qat (model-compression stages)
 
 
 def _mean(xs: Sequence[float]) -> float | str:
@@ -158,6 +160,7 @@ class Ledger:
             "eval_s": round(r.eval_s, 3),
             "client_train_s": _median(r.client_train_s),
             "client_encode_s": _median(r.client_encode_s),
+            "phase": r.phase,
         }
         self.rows.append(row)
         with open(self.path, "a", newline="") as fh:

@@ -20,7 +20,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 import compression
-from client.local_round import TrainInstruction
+from client.local_round import TrainInstruction, mask_state
 from fedsqueeze.config import RunConfig, resolve_pipeline
 from fedsqueeze.data import load_mnist, test_tensors
 from fedsqueeze.partition import describe, label_counts, partition
@@ -29,9 +29,10 @@ from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.train import evaluate
 from server.accounting import message_bytes
 from server.aggregate import ServerOptimizer, weighted_mean
+from server.model_stages import run_model_stages
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.downlink import Broadcaster
-from server.protocol import CONFIG, METRICS, MODEL, payloads_record
+from server.protocol import CONFIG, MASK, METRICS, MODEL, payloads_record
 from server.replies import Accepted, Rejected, payload_bound, screen_reply
 
 __all__ = ["run_federation", "sample_partitions", "plan_injections"]
@@ -109,6 +110,23 @@ def handshake(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], int, int, int
     return mapping, num_partitions, down, up
 
 
+@dataclass(frozen=True)
+class RoundMode:
+    """How a round differs from a plain training round (the model-compression stages).
+
+    ``masks`` (with their packed ``mask_payload``) pin pruned weights at zero
+    on every client, in every decoded update and in the aggregate; ``qat``
+    makes clients train the fake-quantized int8 graph; ``lr`` overrides the
+    clients' learning rate.
+    """
+
+    phase: str = "train"
+    masks: dict[str, torch.Tensor] | None = None
+    mask_payload: bytes = b""
+    qat: bool = False
+    lr: float | None = None
+
+
 @dataclass
 class _Run:
     cfg: RunConfig
@@ -125,6 +143,7 @@ class _Run:
     payload_bound: int = 0
     resume_handshake_bytes: int = 0
     resumed_at: int | None = None
+    stage_rows: list[dict[str, Any]] | None = None
 
     def evaluate(self) -> tuple[float, float]:
         x, y = test_tensors(self.cfg.data_dir or None)
@@ -156,6 +175,7 @@ class _Run:
             "resume_handshake_bytes": self.resume_handshake_bytes,
             "versions": package_versions(),
             "git_revision": git_revision(),
+            "model_stages": self.stage_rows,
         }
 
 
@@ -183,18 +203,19 @@ def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
     )
 
 
-def _instruction(run: _Run, round_: int, base: int, target: int, inject: str) -> TrainInstruction:
+def _instruction(run: _Run, round_: int, base: int, target: int, inject: str, mode: RoundMode) -> TrainInstruction:
     c = run.cfg
     return TrainInstruction(
         round=round_, seed=c.seed, model=c.model, partition=c.partition, dirichlet_alpha=c.dirichlet_alpha,
-        shards_per_client=c.shards_per_client, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
+        shards_per_client=c.shards_per_client, local_epochs=c.local_epochs, batch_size=c.batch_size,
+        lr=mode.lr or c.lr, bf16_autocast=c.bf16_autocast, qat=mode.qat,
         momentum=c.momentum, weight_decay=c.weight_decay, client_threads=c.client_threads, data_dir=c.data_dir,
         uplink=str(run.up_spec), downlink_mode=c.downlink_mode, base_version=base, target_version=target,
         inject=inject, hang_s=c.round_timeout + _HANG_GRACE_S if inject == "hang" else 0.0,
     )
 
 
-def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int]) -> RoundRow:
+def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode: RoundMode = RoundMode()) -> RoundRow:
     cfg = run.cfg
     t0 = time.perf_counter()
     sampled = sample_partitions(list(nodes), cfg, round_)
@@ -204,11 +225,13 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int]) -> R
     for pid in sampled:
         nid = nodes[pid]
         bc = run.broadcaster.for_node(nid)
-        ins = _instruction(run, round_, bc.base_version, bc.target_version, injections.get(pid, ""))
+        ins = _instruction(run, round_, bc.base_version, bc.target_version, injections.get(pid, ""), mode)
         content = RecordDict({CONFIG: ConfigRecord(ins.to_record()), MODEL: payloads_record(bc.payloads)})
+        if mode.mask_payload:
+            content[MASK] = payloads_record([mode.mask_payload])
         messages.append(Message(content, nid, "train", group_id=str(round_)))
         pid_of[nid] = pid
-    row = RoundRow(round=round_, test_accuracy=0.0, test_loss=0.0, clients_sampled=len(sampled))
+    row = RoundRow(round=round_, test_accuracy=0.0, test_loss=0.0, clients_sampled=len(sampled), phase=mode.phase)
     row.downlink_bytes = sum(message_bytes(m) for m in messages)
     row.downlink_dense_bytes = 4 * run.num_params * len(messages)
 
@@ -248,8 +271,11 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int]) -> R
     row.clients_ok = len(accepted)
 
     if len(accepted) >= cfg.min_train_results:
-        delta = weighted_mean([a.update for a in accepted], [a.num_examples for a in accepted])
+        updates = [mask_state(a.update, mode.masks) if mode.masks else a.update for a in accepted]
+        delta = weighted_mean(updates, [a.num_examples for a in accepted])
         run.weights = run.optimizer.step(run.weights, delta)
+        if mode.masks:  # a server optimizer with momentum would otherwise revive pruned weights
+            run.weights = mask_state(run.weights, mode.masks)
         row.applied = True
     else:
         log(f"round {round_}: {len(accepted)} valid replies < min-train-results={cfg.min_train_results}; "
@@ -259,6 +285,18 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int]) -> R
     row.eval_s = time.perf_counter() - t_eval
     row.round_s = time.perf_counter() - t0
     return row
+
+
+def _record(run: _Run, row: RoundRow) -> None:
+    """Append ``row`` to the ledger, refresh ``summary.json`` and log the round."""
+    assert run.ledger is not None
+    written = run.ledger.append(row, time.perf_counter() - run.started)
+    write_summary(run.out_dir, run.summary("running"))
+    phase = "" if row.phase == "train" else f" [{row.phase}]"
+    log(f"round {row.round}{phase}: acc={row.test_accuracy:.4f} loss={row.test_loss:.4f} ok={row.clients_ok}/"
+        f"{row.clients_sampled} up={row.uplink_bytes:,}B (x{written['uplink_ratio']}) "
+        f"down={row.downlink_bytes:,}B (x{written['downlink_ratio']}) {row.round_s:.1f}s "
+        f"(clients {row.train_phase_s:.1f}s, eval {row.eval_s:.1f}s)")
 
 
 def _checkpoint(run: _Run, round_: int) -> None:
@@ -315,14 +353,12 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         if cfg.stop_at_accuracy and float(run.ledger.rows[-1]["test_accuracy"]) >= cfg.stop_at_accuracy:
             log(f"reached stop-at-accuracy {cfg.stop_at_accuracy:g} at round {rnd - 1}; stopping")
             break
-        row = _train_round(run, grid, rnd, nodes)
-        written = run.ledger.append(row, time.perf_counter() - run.started)
+        _record(run, _train_round(run, grid, rnd, nodes))
         _checkpoint(run, rnd)
-        write_summary(out_dir, run.summary("running"))
-        log(f"round {rnd}: acc={row.test_accuracy:.4f} loss={row.test_loss:.4f} ok={row.clients_ok}/"
-            f"{row.clients_sampled} up={row.uplink_bytes:,}B (x{written['uplink_ratio']}) "
-            f"down={row.downlink_bytes:,}B (x{written['downlink_ratio']}) {row.round_s:.1f}s "
-            f"(clients {row.train_phase_s:.1f}s, eval {row.eval_s:.1f}s)")
+    if cfg.model_stages:
+        # Not checkpointed: a resumed run drops these rows (the ledger is cut back to the
+        # last checkpoint, the final training round) and redoes the stages from there.
+        run.stage_rows = run_model_stages(run, grid, nodes, _train_round, lambda row: _record(run, row))
     summary = run.summary("completed")
     write_summary(out_dir, summary)
     fp32_up = summary["cum_uplink_dense_bytes"]

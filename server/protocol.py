@@ -5,11 +5,18 @@ Train instruction (server → client), ``message_type="train"``:
                 pipeline, downlink mode and versions, fault injection.
     ``model``   ArrayRecord of compressed payloads ``p0, p1, ...``: one full
                 model, or a chain of model deltas to apply in order.
+    ``mask``    (fine-tune / QAT rounds of a pruned model) ArrayRecord with
+                one payload: the masks, one bit per weight.
 Train reply (client → server):
     ``update``  ArrayRecord ``{"payload": uint8}``: the compressed update.
     ``metrics`` MetricRecord: num-examples, train-loss, rel-distortion, ...
 Handshake (round 0), ``message_type="query"``: the reply's ``metrics`` carry
 the node's ``partition-id`` so the server can sample deterministically.
+Stage queries, ``message_type="query"`` with ``config["op"]``
+(``client.stage_query``): ``calibrate`` (reply ``metrics``: activation
+``<node>.min`` / ``<node>.max``) and ``scores`` (reply ``update``: Taylor
+importance scores as an fp32 payload); the ``model`` record carries the
+float32 global model.
 
 A raw ``Array`` (``stype="raw"``) carries the payload bytes untouched: no
 numpy header, no pickle.
@@ -26,6 +33,7 @@ __all__ = [
     "MODEL",
     "UPDATE",
     "METRICS",
+    "MASK",
     "PAYLOAD",
     "payloads_record",
     "record_payloads",
@@ -33,6 +41,7 @@ __all__ = [
 ]
 
 CONFIG, MODEL, UPDATE, METRICS, PAYLOAD = "config", "model", "update", "metrics", "payload"
+MASK = "mask"  # optional on train messages: the pruned model's masks (fedsqueeze.modelzip.masks)
 _RAW = "raw"
 
 
