@@ -3,12 +3,16 @@
 Workload (issue 7): ``mcmahan-cnn``, 10 clients per round, 600 samples each,
 1 local epoch, batch 10, SGD lr 0.05.
 
-1. floor: the same local training of 10 clients in a plain PyTorch loop in
-   this process (no Flower), best of "sequential, 2 threads" and "two workers
-   with 1 thread each" (the simulation's layout);
+1. floor: the same local training of 10 clients in a plain PyTorch loop
+   (no Flower), best of "one process, 2 threads" and "two processes with 1
+   thread each" (the simulation's layout; wall time of the slower worker,
+   process start-up excluded). A simulated round also evaluates the global
+   model on the 10,000 test images, so "floor + eval" adds one evaluation
+   (2 threads) in plain PyTorch: the same work a round does, minus Flower;
 2. the same rounds through ``flwr run`` (Ray backend, 100 supernodes) with
    ``fedavg-fp32`` and with ``stc``: median round wall time (round 1 excluded:
-   actor start-up) and the peak RSS of the whole process tree;
+   actor start-up), its breakdown from the ledger (client phase, evaluation,
+   clients' own training time) and the peak RSS of the whole process tree;
 3. the data path: samples/s of this project's tensor loader against
    torchvision ``MNIST`` + ``ToTensor``/``Normalize`` + ``DataLoader``;
 4. encode+decode time of the STC uplink per round as a fraction of training.
@@ -64,11 +68,29 @@ def floor_seconds() -> dict[str, float]:
     """Wall time of 10 clients' local training without Flower, two layouts."""
     sequential = _train_clients(list(range(CLIENTS)), threads=2)
     ctx = mp.get_context("spawn")
-    start = time.perf_counter()
     with ctx.Pool(2) as pool:
-        pool.starmap(_train_clients, [(list(range(0, CLIENTS, 2)), 1), (list(range(1, CLIENTS, 2)), 1)])
-    parallel = time.perf_counter() - start
+        # both workers start together after loading data; the round ends with the slower one
+        parallel = max(pool.starmap(_train_clients, [(list(range(0, CLIENTS, 2)), 1), (list(range(1, CLIENTS, 2)), 1)]))
     return {"sequential-2-threads": sequential, "2-workers-1-thread": parallel}
+
+
+def eval_seconds(repeats: int) -> float:
+    """Median wall time of one global evaluation on the 10,000 test images (2 threads)."""
+    from fedsqueeze.config import RunConfig
+    from fedsqueeze.data import test_tensors
+    from fedsqueeze.train import evaluate
+
+    torch.set_num_threads(2)
+    x, y = test_tensors()
+    model = build_model("mcmahan-cnn")
+    model.load_state_dict(initial_state("mcmahan-cnn", 0))
+    evaluate(model, x, y, RunConfig.eval_batch_size)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        evaluate(model, x, y, RunConfig.eval_batch_size)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 class _RssSampler(threading.Thread):
@@ -173,6 +195,7 @@ def main() -> None:
             floors[k].append(v)
     floor_med = {k: statistics.median(v) for k, v in floors.items()}
     floor = min(floor_med.values())
+    ev = eval_seconds(args.repeats)
     sims = {p: simulated_rounds(p, args.rounds) for p in ("fedavg-fp32", "stc")}
     data = data_path_samples_per_s(args.repeats)
     codec_s, train_s = codec_fraction(max(args.repeats, 5))
@@ -183,9 +206,22 @@ def main() -> None:
     print("|---|---:|---:|")
     for k, v in floor_med.items():
         print(f"| floor, plain PyTorch, {k} | {v:.2f} s | {v / floor:.2f}x floor |")
-    for p, (times, rss, _) in sims.items():
+    print(f"| one global evaluation, 10,000 test images, plain PyTorch | {ev:.2f} s | {ev / floor:.2f}x floor |")
+    print(f"| floor + eval (the work of one round, no Flower) | {floor + ev:.2f} s | {(floor + ev) / floor:.2f}x floor |")
+    for p, (times, rss, rows) in sims.items():
+        steady = rows[2:] if len(rows) > 2 else rows[1:]
         med = statistics.median(times[1:] if len(times) > 1 else times)
-        print(f"| Flower simulation round, {p} (median) | {med:.2f} s | **{med / floor:.2f}x floor** |")
+
+        def col(name: str) -> float:
+            return statistics.median(float(r[name]) for r in steady) if steady and steady[0].get(name) else float("nan")
+
+        print(f"| Flower simulation round, {p} (median) | {med:.2f} s | **{med / floor:.2f}x floor, "
+              f"{med / (floor + ev):.2f}x floor+eval** |")
+        print(f"| &nbsp;&nbsp;client phase (broadcast to last reply) | {col('train_phase_s'):.2f} s | "
+              f"{col('train_phase_s') / floor:.2f}x floor |")
+        print(f"| &nbsp;&nbsp;clients' own training, median per client x {CLIENTS} / 2 workers | "
+              f"{col('client_train_s') * CLIENTS / 2:.2f} s | {col('client_train_s') * CLIENTS / 2 / floor:.2f}x floor |")
+        print(f"| &nbsp;&nbsp;server evaluation | {col('eval_s'):.2f} s | {col('eval_s') / ev:.2f}x plain eval |")
         print(f"| peak RSS, 100-client simulation, {p} | {rss / 2**20:,.0f} MiB | |")
     print(f"| data path, this project (samples/s) | {data['ours']:,.0f} | "
           f"**{data['ours'] / data['torchvision']:.1f}x torchvision** |")

@@ -222,11 +222,15 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     injections = plan_injections(sampled, cfg, round_)
     run.broadcaster.advance(run.weights, round_)
     messages, pid_of = [], {}
+    records: dict[tuple[int, ...], Any] = {}  # one record per distinct payload list: hashed once, not per node
     for pid in sampled:
         nid = nodes[pid]
         bc = run.broadcaster.for_node(nid)
         ins = _instruction(run, round_, bc.base_version, bc.target_version, injections.get(pid, ""), mode)
-        content = RecordDict({CONFIG: ConfigRecord(ins.to_record()), MODEL: payloads_record(bc.payloads)})
+        key = tuple(id(p) for p in bc.payloads)
+        if key not in records:
+            records[key] = payloads_record(bc.payloads)
+        content = RecordDict({CONFIG: ConfigRecord(ins.to_record()), MODEL: records[key]})
         if mode.mask_payload:
             content[MASK] = payloads_record([mode.mask_payload])
         messages.append(Message(content, nid, "train", group_id=str(round_)))
