@@ -6,7 +6,8 @@ Usage::
     python -m simulations.run mcmahan-pipeline --out runs/mcmahan-pipeline
     python benchmarks/model_stages.py runs/seed-pipeline runs/mcmahan-pipeline > benchmarks/model_stages.md
 
-Every number comes from the runs' ``model_stages.csv``, ``metrics.csv`` and
+The runs behind `benchmarks/model_stages.md` are kept in `benchmarks/pipelines/` (ledger, stage table,
+summary; not the `.pt2` artifacts). Every number comes from the runs' ``model_stages.csv``, ``metrics.csv`` and
 ``summary.json`` (and the saved ``.pt2`` artifacts, for compressed sizes).
 """
 
