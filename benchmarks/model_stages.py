@@ -81,7 +81,12 @@ def main() -> None:
           "`.pt2` artifact; agreement = share of test images on which the quantized model predicts the same "
           "class as its float parent; latency = one thread, median of 50 forward passes (int8 lowered to "
           "oneDNN int8 kernels); uplink/downlink = federated traffic of the stage (fine-tune/QAT rounds, "
-          "calibration and score queries). Machine: 2 shared CPU cores, so latencies are indicative.\n")
+          "calibration and score queries). Machine: 2 shared CPU cores, so latencies are indicative "
+          "(the runs shared the cores with a sweep).\n")
+    print("Regenerate: `python -m simulations.run seed-pipeline --out runs/seed-pipeline`, "
+          "`python -m simulations.run mcmahan-pipeline --out runs/mcmahan-pipeline`, then "
+          "`python benchmarks/model_stages.py runs/seed-pipeline runs/mcmahan-pipeline > benchmarks/model_stages.md`. "
+          "The ledgers and stage tables are in `benchmarks/pipelines/`.\n")
     for run in args.runs:
         print(section(run))
 
