@@ -188,11 +188,11 @@ def test_mcmahan_sweep_file_expands_to_the_requested_runs():
     for r in runs:
         c = r.config
         assert (c["model"], c["fraction-train"], c["local-epochs"], c["batch-size"], c["lr"]) == \
-            ("mcmahan-cnn", 0.1, 5, 10, 0.05)
+            ("mcmahan-cnn", 0.1, 1, 10, 0.05)
         if r.partition == "iid":
-            assert (c["partition"], c["num-server-rounds"]) == ("iid", 30)
+            assert (c["partition"], c["num-server-rounds"]) == ("iid", 20)
         else:
-            assert (c["partition"], c["shards-per-client"], c["num-server-rounds"]) == ("shards", 2, 60)
+            assert (c["partition"], c["shards-per-client"], c["num-server-rounds"]) == ("shards", 2, 20)
 
 
 # ---------------------------------------------------------------- running
