@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import multiprocessing as mp
 import os
 import statistics
@@ -144,8 +145,11 @@ def data_path_samples_per_s(repeats: int) -> dict[str, float]:
         raw = Path(root) / "MNIST" / "raw"
         raw.mkdir(parents=True)
         src = Path(os.environ.get("FEDSQUEEZE_DATA_DIR", ""))
-        for f in src.glob("*-ubyte*"):
-            (raw / f.name).symlink_to(f.resolve())
+        for f in src.glob("*-ubyte*"):  # torchvision wants the uncompressed IDX files
+            if f.suffix == ".gz":
+                (raw / f.stem).write_bytes(gzip.decompress(f.read_bytes()))
+            else:
+                (raw / f.name).symlink_to(f.resolve())
         tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
         ds = Subset(datasets.MNIST(root, train=True, download=False, transform=tf), idx.tolist())
         for _ in range(repeats):
