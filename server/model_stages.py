@@ -168,7 +168,7 @@ class _Stages:
 
     def taylor_scores(self) -> tuple[dict[str, torch.Tensor], int, int]:
         """Sum of the clients' Taylor scores of the current global model."""
-        shapes = {k: tuple(v.shape) for k, v in mz.magnitude_scores(self.model()).items()}
+        shapes = {k: tuple(self.run.weights[k].shape) for k in mz.prunable_names(build_model(self.cfg.model))}
         replies, up, down = self.query("scores")
         scores = []
         for r in replies:
