@@ -28,6 +28,33 @@ def test_topk_global_and_layer():
     assert lay[0].index.tolist() == [1, 2] and lay[1].index.tolist() == [0, 2]
 
 
+def _largest_reference(scores, k):
+    """Top ``k`` by a stable sort: larger score first, lower index first among equals."""
+    return np.sort(np.argsort(-scores.astype(np.float64), kind="stable")[:k])
+
+
+@pytest.mark.parametrize("case", ["gaussian", "ties", "sample-misleads", "sample-too-low", "small"])
+def test_largest_matches_a_stable_sort(case):
+    rng = np.random.default_rng(7)
+    n = 200_000
+    if case == "gaussian":
+        s = np.abs(rng.standard_normal(n)).astype(np.float32)
+    elif case == "ties":  # the k-th value is shared by thousands: lowest indices must win
+        s = rng.integers(0, 50, n).astype(np.float32)
+    elif case == "sample-misleads":  # every sampled position holds a huge value: prefilter keeps < k
+        s = rng.random(n).astype(np.float32)
+        s[:: prune._SAMPLE_STRIDE] = 1e6
+    elif case == "sample-too-low":  # sampled positions are all tiny: prefilter keeps everything
+        s = rng.random(n).astype(np.float32) + 1.0
+        s[:: prune._SAMPLE_STRIDE] = 0.0
+    else:
+        s = np.array([1.0, 3.0, 3.0, 2.0, 3.0], np.float32)
+    for k in (1, 2, max(1, s.size // 100), s.size // 9, s.size - 1, s.size):
+        got = prune._largest(s, k)
+        assert got.dtype == np.int64
+        assert np.array_equal(got, _largest_reference(s, k)), (case, k)
+
+
 def test_threshold():
     a = np.array([0.1, -5.0, 0.3, 0.2], np.float32)
     assert prune.threshold([a], 0.2)[0].index.tolist() == [1, 2, 3]
