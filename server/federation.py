@@ -28,6 +28,7 @@ from fedsqueeze.ledger import Ledger, RoundRow, git_revision, package_versions, 
 from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.train import evaluate
 from server.accounting import message_bytes
+from server.exchange import exchange
 from server.aggregate import ServerOptimizer, weighted_mean
 from server.model_stages import run_model_stages
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -94,7 +95,7 @@ def handshake(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], int, int, int
         raise RuntimeError(f"only {len(node_ids)} nodes connected, min-available-nodes={cfg.min_available_nodes}")
     msgs = [Message(RecordDict({CONFIG: ConfigRecord({"round": 0})}), nid, "query", group_id="0") for nid in node_ids]
     down = sum(message_bytes(m) for m in msgs)
-    replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout or None))
+    replies = exchange(grid, msgs, timeout=cfg.round_timeout or None)
     up = sum(message_bytes(r) for r in replies)
     mapping: dict[int, int] = {}
     num_partitions = 0
@@ -240,7 +241,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     row.downlink_dense_bytes = 4 * run.num_params * len(messages)
 
     t_sent = time.perf_counter()
-    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout or None))
+    replies = exchange(grid, messages, timeout=cfg.round_timeout or None)
     row.train_phase_s = time.perf_counter() - t_sent
     replies.sort(key=lambda r: pid_of.get(r.metadata.src_node_id, -1))  # arrival order must not matter
     accepted: list[Accepted] = []

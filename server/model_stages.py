@@ -44,6 +44,7 @@ from fedsqueeze.data import test_tensors
 from fedsqueeze.models import build_model
 from fedsqueeze.modelzip.masks import pack_masks
 from server.accounting import message_bytes
+from server.exchange import exchange
 from server.protocol import CONFIG, METRICS, MODEL, UPDATE, payloads_record, record_payloads
 
 __all__ = ["run_model_stages", "STAGE_COLUMNS"]
@@ -140,7 +141,7 @@ class _Stages:
         msgs = [Message(RecordDict({CONFIG: ConfigRecord(q.to_record()), MODEL: payloads_record([model])}),
                         self.nodes[pid], "query", group_id=f"{op}-{self.round}") for pid in sampled]
         down = sum(message_bytes(m) for m in msgs)
-        replies = list(self.grid.send_and_receive(msgs, timeout=c.round_timeout or None))
+        replies = exchange(self.grid, msgs, timeout=c.round_timeout or None)
         up = sum(message_bytes(r) for r in replies)
         good = []
         for r in replies:

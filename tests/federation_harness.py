@@ -21,11 +21,12 @@ from server.federation import run_federation
 
 
 class RecordingGrid(Grid):
-    """Delegates to a real Grid; keeps (sent messages, received replies) per call."""
+    """Delegates to a real Grid; keeps (sent messages, received replies) per push."""
 
     def __init__(self, inner: Grid):
         self.inner = inner
         self.exchanges: list[tuple[list[Message], list[Message]]] = []
+        self._exchange_of: dict[str, int] = {}  # pushed message id -> index into exchanges
 
     def set_run(self, run):  # pragma: no cover - delegated
         self.inner.set_run(run)
@@ -40,26 +41,27 @@ class RecordingGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return self.inner.get_node_ids()
 
-    def push_messages(self, messages):  # pragma: no cover - unused by the loop
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids):  # pragma: no cover - unused by the loop
-        return self.inner.pull_messages(message_ids)
-
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
         messages = list(messages)
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
-        self.exchanges.append((messages, replies))
+        ids = list(self.inner.push_messages(messages))
+        self.exchanges.append((messages, []))
+        self._exchange_of.update(dict.fromkeys(ids, len(self.exchanges) - 1))
+        return ids
+
+    def pull_messages(self, message_ids):
+        replies = list(self.inner.pull_messages(message_ids))
+        for r in replies:
+            self.exchanges[self._exchange_of[r.metadata.reply_to_message_id]][1].append(r)
         return replies
+
+    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - the loop uses exchange()
+        raise AssertionError("server code should call server.exchange.exchange, not send_and_receive")
 
 
 def run_inprocess(
-    config: Mapping[str, Any], out_dir: Path, num_supernodes: int = 5, tamper=None
+    config: Mapping[str, Any], out_dir: Path, num_supernodes: int = 5
 ) -> tuple[dict[str, Any], RecordingGrid]:
-    """Run a federation in this process; return (summary, recording grid).
-
-    ``tamper(grid) -> grid`` may wrap the recording grid (e.g. to corrupt replies).
-    """
+    """Run a federation in this process; return (summary, recording grid)."""
     from flwr.simulation import run_simulation
 
     cfg = RunConfig.from_mapping({**config, "out-dir": str(out_dir)})
@@ -70,7 +72,7 @@ def run_inprocess(
     def _main(grid: Grid, context) -> None:
         rec = RecordingGrid(grid)
         holder["grid"] = rec
-        holder["summary"] = run_federation(tamper(rec) if tamper else rec, cfg, Path(out_dir))
+        holder["summary"] = run_federation(rec, cfg, Path(out_dir))
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
     run_simulation(
