@@ -7,7 +7,6 @@ and back. Everything a client does is decided by the server's announcement
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 import compression
+from client.records import from_record, to_record
 from fedsqueeze.data import load_mnist, to_input
 from fedsqueeze.modelzip import prepare_qat
 from fedsqueeze.modelzip.masks import unpack_masks
@@ -67,15 +67,11 @@ class TrainInstruction:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrainInstruction:
         """Build from a ConfigRecord mapping with kebab-case keys."""
-        fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
-        missing = [k for k, f in fields.items() if k not in record and f.default is dataclasses.MISSING]
-        if missing:
-            raise ValueError(f"train config misses keys {missing}")
-        return cls(**{f.name: record[k] for k, f in fields.items() if k in record})
+        return from_record(cls, record, "train config")
 
     def to_record(self) -> dict[str, Any]:
         """Kebab-case mapping for a ConfigRecord."""
-        return {f.replace("_", "-"): getattr(self, f) for f in self.__dataclass_fields__}
+        return to_record(self)
 
 
 @dataclass

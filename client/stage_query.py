@@ -13,7 +13,6 @@ Only these small summaries leave the client, never data.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 
 import compression
 from client.local_round import client_data, client_seed
+from client.records import from_record, to_record
 from fedsqueeze.models import build_model
 from fedsqueeze.modelzip import observe_ranges, taylor_scores
 
@@ -47,18 +47,14 @@ class StageQuery:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> StageQuery:
         """Build from a ConfigRecord mapping with kebab-case keys."""
-        names = {f.name.replace("_", "-"): f.name for f in dataclasses.fields(cls)}
-        missing = [k for k in names if k not in record]
-        if missing:
-            raise ValueError(f"stage query misses keys {missing}")
-        query = cls(**{attr: record[k] for k, attr in names.items()})
+        query = from_record(cls, record, "stage query")
         if query.op not in OPS:
             raise ValueError(f"unknown stage query op {query.op!r}; expected one of {OPS}")
         return query
 
     def to_record(self) -> dict[str, Any]:
         """Kebab-case mapping for a ConfigRecord."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+        return to_record(self)
 
 
 def _local_sample(q: StageQuery, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
