@@ -14,11 +14,12 @@ messages (a full-model broadcast) is deflated for its size only once.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from flwr.app import Message
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, no_object_id_recompute
 
-__all__ = ["message_bytes"]
+__all__ = ["message_bytes", "messages_bytes"]
 
 _SIZES: OrderedDict[str, int] = OrderedDict()
 _MAX_SIZES = 4096
@@ -36,3 +37,15 @@ def message_bytes(msg: Message) -> int:
                 _SIZES.popitem(last=False)
         total += size
     return total
+
+
+def messages_bytes(msgs: Iterable[Message]) -> int:
+    """Sum of :func:`message_bytes` over ``msgs``.
+
+    Objects the messages share (one broadcast record in every message of a
+    round) are hashed once, not once per message: within Flower's
+    ``no_object_id_recompute`` an object's id is computed once and reused,
+    as Flower itself does when it pushes messages.
+    """
+    with no_object_id_recompute():
+        return sum(message_bytes(m) for m in msgs)

@@ -27,7 +27,7 @@ from fedsqueeze.partition import describe, label_counts, partition
 from fedsqueeze.ledger import Ledger, RoundRow, git_revision, package_versions, targets_reached, write_summary
 from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.train import evaluate
-from server.accounting import message_bytes
+from server.accounting import message_bytes, messages_bytes
 from server.exchange import exchange
 from server.aggregate import ServerOptimizer, weighted_mean
 from server.model_stages import run_model_stages
@@ -94,9 +94,9 @@ def handshake(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], int, int, int
     if len(node_ids) < cfg.min_available_nodes:
         raise RuntimeError(f"only {len(node_ids)} nodes connected, min-available-nodes={cfg.min_available_nodes}")
     msgs = [Message(RecordDict({CONFIG: ConfigRecord({"round": 0})}), nid, "query", group_id="0") for nid in node_ids]
-    down = sum(message_bytes(m) for m in msgs)
+    down = messages_bytes(msgs)
     replies = exchange(grid, msgs, timeout=cfg.round_timeout or None)
-    up = sum(message_bytes(r) for r in replies)
+    up = messages_bytes(replies)
     mapping: dict[int, int] = {}
     num_partitions = 0
     for r in replies:
@@ -237,7 +237,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
         messages.append(Message(content, nid, "train", group_id=str(round_)))
         pid_of[nid] = pid
     row = RoundRow(round=round_, test_accuracy=0.0, test_loss=0.0, clients_sampled=len(sampled), phase=mode.phase)
-    row.downlink_bytes = sum(message_bytes(m) for m in messages)
+    row.downlink_bytes = messages_bytes(messages)
     row.downlink_dense_bytes = 4 * run.num_params * len(messages)
 
     t_sent = time.perf_counter()

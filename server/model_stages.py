@@ -43,7 +43,7 @@ from fedsqueeze import modelzip as mz
 from fedsqueeze.data import test_tensors
 from fedsqueeze.models import build_model
 from fedsqueeze.modelzip.masks import pack_masks
-from server.accounting import message_bytes
+from server.accounting import messages_bytes
 from server.exchange import exchange
 from server.protocol import CONFIG, METRICS, MODEL, UPDATE, payloads_record, record_payloads
 
@@ -140,9 +140,9 @@ class _Stages:
         model = compression.encode(self.run.weights, "fp32")
         msgs = [Message(RecordDict({CONFIG: ConfigRecord(q.to_record()), MODEL: payloads_record([model])}),
                         self.nodes[pid], "query", group_id=f"{op}-{self.round}") for pid in sampled]
-        down = sum(message_bytes(m) for m in msgs)
+        down = messages_bytes(msgs)
         replies = exchange(self.grid, msgs, timeout=c.round_timeout or None)
-        up = sum(message_bytes(r) for r in replies)
+        up = messages_bytes(replies)
         good = []
         for r in replies:
             if r.has_error():
