@@ -72,6 +72,7 @@ class RunConfig:
     fail_corrupt: float = 0.0
     fail_hang: float = 0.0
     eval_batch_size: int = 250
+    eval_every: int = 1
     # mixed precision local training
     bf16_autocast: bool = False
     # model-level compression of the global model after the last round (off when both lists are empty)
@@ -177,6 +178,7 @@ class RunConfig:
              "fail-crash + fail-corrupt + fail-hang must be <= 1")
         need(self.fail_hang == 0 or self.round_timeout > 0, "fail-hang", "needs round-timeout > 0")
         need(self.eval_batch_size >= 1, "eval-batch-size", "must be >= 1")
+        need(self.eval_every >= 1, "eval-every", "must be >= 1")
         try:
             levels = self.prune_levels
         except ValueError:

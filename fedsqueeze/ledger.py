@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import TARGETS
 
-__all__ = ["COLUMNS", "RoundRow", "Ledger", "targets_reached", "package_versions", "git_revision"]
+__all__ = ["COLUMNS", "RoundRow", "Ledger", "evaluated", "targets_reached", "package_versions", "git_revision"]
 
 COLUMNS = (
     "round",
@@ -61,8 +61,8 @@ class RoundRow:
     """The measurements of one round before cumulative columns are added."""
 
     round: int
-    test_accuracy: float
-    test_loss: float
+    test_accuracy: float | None  # None: not evaluated this round (``eval-every``)
+    test_loss: float | None
     uplink_bytes: int = 0
     downlink_bytes: int = 0
     uplink_dense_bytes: int = 0
@@ -133,8 +133,8 @@ class Ledger:
         """Add one round (durably) and return the full row written."""
         row = {
             "round": r.round,
-            "test_accuracy": round(r.test_accuracy, 6),
-            "test_loss": round(r.test_loss, 6),
+            "test_accuracy": "" if r.test_accuracy is None else round(r.test_accuracy, 6),
+            "test_loss": "" if r.test_loss is None else round(r.test_loss, 6),
             "uplink_bytes": r.uplink_bytes,
             "downlink_bytes": r.downlink_bytes,
             "cum_uplink_bytes": self._cum("cum_uplink_bytes") + r.uplink_bytes,
@@ -170,11 +170,16 @@ class Ledger:
         return row
 
 
+def evaluated(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows whose global model was evaluated (all of them unless ``eval-every`` > 1)."""
+    return [r for r in rows if r["test_accuracy"] not in ("", None)]
+
+
 def targets_reached(rows: Sequence[Mapping[str, Any]], targets: Sequence[float] = TARGETS) -> dict[str, Any]:
-    """First round reaching each target accuracy, with its cumulative bytes and wall time."""
+    """First evaluated round reaching each target accuracy, with its cumulative bytes and wall time."""
     out: dict[str, Any] = {}
     for t in targets:
-        hit = next((r for r in rows if float(r["test_accuracy"]) >= t), None)
+        hit = next((r for r in evaluated(rows) if float(r["test_accuracy"]) >= t), None)
         out[f"{t:g}"] = None if hit is None else {
             "round": int(hit["round"]),
             "cum_uplink_bytes": int(hit["cum_uplink_bytes"]),

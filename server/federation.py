@@ -24,7 +24,8 @@ from client.local_round import TrainInstruction, mask_state
 from fedsqueeze.config import RunConfig, resolve_pipeline
 from fedsqueeze.data import load_mnist, test_tensors
 from fedsqueeze.partition import describe, label_counts, partition
-from fedsqueeze.ledger import Ledger, RoundRow, git_revision, package_versions, targets_reached, write_summary
+from fedsqueeze.ledger import (Ledger, RoundRow, evaluated, git_revision, package_versions, targets_reached,
+                               write_summary)
 from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.train import evaluate
 from server.accounting import message_bytes, messages_bytes
@@ -153,7 +154,7 @@ class _Run:
 
     def summary(self, status: str) -> dict[str, Any]:
         rows = self.ledger.rows if self.ledger else []
-        accs = [float(r["test_accuracy"]) for r in rows]
+        accs = [float(r["test_accuracy"]) for r in evaluated(rows)]
         last = rows[-1] if rows else {}
         return {
             "status": status,
@@ -216,7 +217,8 @@ def _instruction(run: _Run, round_: int, base: int, target: int, inject: str, mo
     )
 
 
-def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode: RoundMode = RoundMode()) -> RoundRow:
+def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode: RoundMode = RoundMode(),
+                 evaluate_model: bool = True) -> RoundRow:
     cfg = run.cfg
     t0 = time.perf_counter()
     sampled = sample_partitions(list(nodes), cfg, round_)
@@ -236,7 +238,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
             content[MASK] = payloads_record([mode.mask_payload])
         messages.append(Message(content, nid, "train", group_id=str(round_)))
         pid_of[nid] = pid
-    row = RoundRow(round=round_, test_accuracy=0.0, test_loss=0.0, clients_sampled=len(sampled), phase=mode.phase)
+    row = RoundRow(round=round_, test_accuracy=None, test_loss=None, clients_sampled=len(sampled), phase=mode.phase)
     row.downlink_bytes = messages_bytes(messages)
     row.downlink_dense_bytes = 4 * run.num_params * len(messages)
 
@@ -285,9 +287,10 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     else:
         log(f"round {round_}: {len(accepted)} valid replies < min-train-results={cfg.min_train_results}; "
             "keeping the previous global model")
-    t_eval = time.perf_counter()
-    row.test_loss, row.test_accuracy = run.evaluate()
-    row.eval_s = time.perf_counter() - t_eval
+    if evaluate_model:
+        t_eval = time.perf_counter()
+        row.test_loss, row.test_accuracy = run.evaluate()
+        row.eval_s = time.perf_counter() - t_eval
     row.round_s = time.perf_counter() - t0
     return row
 
@@ -298,7 +301,8 @@ def _record(run: _Run, row: RoundRow) -> None:
     written = run.ledger.append(row, time.perf_counter() - run.started)
     write_summary(run.out_dir, run.summary("running"))
     phase = "" if row.phase == "train" else f" [{row.phase}]"
-    log(f"round {row.round}{phase}: acc={row.test_accuracy:.4f} loss={row.test_loss:.4f} ok={row.clients_ok}/"
+    acc = "acc=- (not evaluated)" if row.test_accuracy is None else f"acc={row.test_accuracy:.4f} loss={row.test_loss:.4f}"
+    log(f"round {row.round}{phase}: {acc} ok={row.clients_ok}/"
         f"{row.clients_sampled} up={row.uplink_bytes:,}B (x{written['uplink_ratio']}) "
         f"down={row.downlink_bytes:,}B (x{written['downlink_ratio']}) {row.round_s:.1f}s "
         f"(clients {row.train_phase_s:.1f}s, eval {row.eval_s:.1f}s)")
@@ -355,10 +359,12 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         run.resume_handshake_bytes = up + down  # real traffic, but not part of the uninterrupted run's ledger
     write_summary(out_dir, run.summary("running"))
     for rnd in range(first, cfg.num_server_rounds + 1):
-        if cfg.stop_at_accuracy and float(run.ledger.rows[-1]["test_accuracy"]) >= cfg.stop_at_accuracy:
+        last = run.ledger.rows[-1]
+        if cfg.stop_at_accuracy and last["test_accuracy"] != "" and float(last["test_accuracy"]) >= cfg.stop_at_accuracy:
             log(f"reached stop-at-accuracy {cfg.stop_at_accuracy:g} at round {rnd - 1}; stopping")
             break
-        _record(run, _train_round(run, grid, rnd, nodes))
+        evaluate_model = rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds
+        _record(run, _train_round(run, grid, rnd, nodes, evaluate_model=evaluate_model))
         _checkpoint(run, rnd)
     if cfg.model_stages:
         # Not checkpointed: a resumed run drops these rows (the ledger is cut back to the

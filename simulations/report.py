@@ -230,7 +230,10 @@ def load_results(sweep_dir: str | Path) -> SweepResults:
 
 def _read_metrics(path: Path, spec: RunSpec) -> pd.DataFrame:
     df = pd.read_csv(path)
-    df = df[df["round"] <= int(spec.config.get("num-server-rounds", df["round"].max()))].copy()
+    df = df[df["round"] <= int(spec.config.get("num-server-rounds", df["round"].max()))]
+    # Rounds skipped by eval-every have bytes but no accuracy; the cumulative byte
+    # columns of the evaluated rounds already include them.
+    df = df.dropna(subset=["test_accuracy"]).copy()
     df["cum_total_bytes"] = df["cum_uplink_bytes"] + df["cum_downlink_bytes"]
     return df.sort_values("round").reset_index(drop=True)
 

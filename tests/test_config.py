@@ -23,6 +23,7 @@ def test_pyproject_table_matches_dataclass_defaults():
     ({"uplink": "nonsense-preset"}, "'uplink'"),
     ({"out-dir": "relative/dir"}, "absolute"),
     ({"fail-hang": 0.1}, "round-timeout"),
+    ({"eval-every": 0}, "'eval-every': must be >= 1"),
 ])
 def test_bad_config_is_a_typed_error_naming_the_key(raw, match):
     with pytest.raises(ConfigError, match=match):

@@ -82,3 +82,26 @@ def test_compressed_federation_end_to_end(tmp_path, preset):
         assert dense / up >= 50, f"stc uplink only {dense / up:.1f}x below float32"
     else:
         assert 3.5 <= dense / up <= 4.0  # 8-bit codes + per-channel scales
+
+
+def test_eval_every_skips_evaluation_but_not_the_last_round(tmp_path):
+    summary, _ = run_inprocess({**SMALL, "eval-every": 2, "stop-at-accuracy": 0.999}, tmp_path)
+    rows = read_rows(tmp_path)
+    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]  # 0.999 is never reached
+    assert rows[1]["test_accuracy"] == "" and rows[1]["test_loss"] == "" and float(rows[1]["eval_s"]) == 0
+    assert int(rows[1]["uplink_bytes"]) > 0 and int(rows[1]["applied"]) == 1  # the round itself happened
+    evaluated = [rows[0], rows[2], rows[3]]  # every 2nd round, and the last
+    assert all(r["test_accuracy"] != "" for r in evaluated)
+    assert float(rows[2]["eval_s"]) > 0 and float(rows[3]["eval_s"]) > 0
+    assert summary["final_accuracy"] == float(rows[3]["test_accuracy"])
+    assert summary["best_accuracy"] == max(float(r["test_accuracy"]) for r in evaluated)
+
+
+def test_stop_at_accuracy_looks_only_at_evaluated_rounds(tmp_path):
+    summary, _ = run_inprocess({**SMALL, "num-server-rounds": 5, "eval-every": 2, "stop-at-accuracy": 0.5},
+                               tmp_path)
+    rows = read_rows(tmp_path)
+    # round 1 (not evaluated) cannot stop the run; round 2 reaches 0.5 and is the last
+    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+    assert rows[1]["test_accuracy"] == "" and float(rows[2]["test_accuracy"]) >= 0.5
+    assert summary["rounds_completed"] == 2
