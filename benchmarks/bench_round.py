@@ -16,7 +16,9 @@ Workload (issue 7): ``mcmahan-cnn``, 10 clients per round, 600 samples each,
 2. the same rounds through ``flwr run`` (Ray backend, 100 supernodes) with
    ``fedavg-fp32`` and with ``stc``: median round wall time (round 1 excluded:
    actor start-up), its breakdown from the ledger (client phase, evaluation,
-   the rest) and the peak RSS of the whole process tree;
+   the rest) and the peak RSS of the whole process tree; and ``fedavg-fp32``
+   with ``eval-every`` beyond the last round, whose middle rounds run without
+   the test pass: the simulated round measured directly, not by subtraction;
 3. the data path: samples/s of this project's tensor loader against
    torchvision ``MNIST`` + ``ToTensor``/``Normalize`` + ``DataLoader``;
 4. encode+decode time of the STC uplink per client as a fraction of that
@@ -143,12 +145,21 @@ class _RssSampler(threading.Thread):
             time.sleep(0.25)
 
 
-def simulated_rounds(preset: str, rounds: int) -> tuple[list[float], int, list[dict]]:
+SIMULATIONS = {  # label -> (preset, extra overrides)
+    "fedavg-fp32": ("fedavg-fp32", {}),
+    "stc": ("stc", {}),
+    # rounds 2..N-1 skip the evaluation (only round 0 and the last are evaluated): the
+    # round as the simulation runs it, without the 10,000-image test pass
+    "fedavg-fp32, eval-every > rounds": ("fedavg-fp32", {"eval-every": 10_000}),
+}
+
+
+def simulated_rounds(preset: str, rounds: int, extra: dict | None = None) -> tuple[list[float], int, list[dict]]:
     """Round wall times (s), peak RSS (bytes) and ledger rows of a real `flwr run` simulation."""
     from simulations.run import resolve_overrides, run_experiment
 
     cfg = resolve_overrides(preset, {"model": "mcmahan-cnn", "num-server-rounds": rounds, "local-epochs": EPOCHS,
-                                     "batch-size": BATCH, "lr": LR, "min-available-nodes": 100})
+                                     "batch-size": BATCH, "lr": LR, "min-available-nodes": 100, **(extra or {})})
     sampler = _RssSampler()
     sampler.start()
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,13 +239,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--with-old-tree", action="store_true",
+                    help="run against a checkout that predates eval-every (skip that simulation)")
     args = ap.parse_args()
 
     floors = floor_seconds(args.repeats)
     issue_floor = min(floors["one process, 2 threads"], floors["one process, 1 thread"])
     strict_floor = min(floors.values())
     ev = eval_seconds(args.repeats)
-    sims = {p: simulated_rounds(p, args.rounds) for p in ("fedavg-fp32", "stc")}
+    sims = {label: simulated_rounds(preset, args.rounds, extra) for label, (preset, extra) in SIMULATIONS.items()
+            if args.with_old_tree is False or not extra}
     data = data_path_samples_per_s(args.repeats)
     codec_s, train_s = codec_fraction(max(args.repeats, 5))
 
@@ -254,22 +268,27 @@ def main() -> None:
           f"{r(strict_floor + ev)} |")
     for p, (times, rss, rows) in sims.items():
         steady = rows[2:] if len(rows) > 2 else rows[1:]
+        evaluates = not SIMULATIONS[p][1].get("eval-every")
+        if not evaluates:  # its last round is evaluated: leave it out
+            steady, times = steady[:-1], times[:-1]
         med = statistics.median(times[1:] if len(times) > 1 else times)
 
         def col(name: str) -> float:
             return statistics.median(float(row[name]) for row in steady) if steady and steady[0].get(name) \
                 else float("nan")
 
-        no_eval = statistics.median(float(row["round_s"]) - float(row["eval_s"]) for row in steady) \
-            if steady and steady[0].get("eval_s") else float("nan")  # ledgers before 3c29e41 lack the column
         print(f"| **Flower simulation round, {p}** (median) | {med:.2f} s | **{r(med)}** |")
         print(f"| &nbsp;&nbsp;client phase (push to last reply) | {col('train_phase_s'):.2f} s | "
               f"{r(col('train_phase_s'))} |")
-        print(f"| &nbsp;&nbsp;server evaluation | {col('eval_s'):.2f} s | {r(col('eval_s'))} |")
-        print(f"| &nbsp;&nbsp;round without its evaluation | {no_eval:.2f} s | {r(no_eval)} |")
         print(f"| &nbsp;&nbsp;clients' own training, median per client x {CLIENTS} / 2 workers | "
               f"{col('client_train_s') * CLIENTS / 2:.2f} s | {r(col('client_train_s') * CLIENTS / 2)} |")
-        print(f"| &nbsp;&nbsp;round / (strict floor + eval) | {med / (strict_floor + ev):.2f}x | | |")
+        if evaluates:
+            # ledgers before 3c29e41 lack the column
+            no_eval = statistics.median(float(row["round_s"]) - float(row["eval_s"]) for row in steady) \
+                if steady and steady[0].get("eval_s") else float("nan")
+            print(f"| &nbsp;&nbsp;server evaluation | {col('eval_s'):.2f} s | {r(col('eval_s'))} |")
+            print(f"| &nbsp;&nbsp;the round minus its evaluation | {no_eval:.2f} s | {r(no_eval)} |")
+            print(f"| &nbsp;&nbsp;round / (strict floor + eval) | {med / (strict_floor + ev):.2f}x | | |")
         print(f"| peak RSS, 100-client simulation, {p} | {rss / 2**20:,.0f} MiB | | |")
     print(f"| data path, this project (samples/s) | {data['ours']:,.0f} | "
           f"**{data['ours'] / data['torchvision']:.1f}x torchvision** | |")
