@@ -18,10 +18,12 @@ import json
 import statistics
 from pathlib import Path
 
+from fedsqueeze.ledger import evaluated
+
 
 def first_reaching(rows: list[dict[str, str]], target: float) -> dict[str, str] | None:
-    """The first ledger row whose test accuracy reaches ``target``."""
-    return next((r for r in rows if float(r["test_accuracy"]) >= target), None)
+    """The first evaluated ledger row whose test accuracy reaches ``target``."""
+    return next((r for r in evaluated(rows) if float(r["test_accuracy"]) >= target), None)
 
 
 def describe(run: Path, target: float) -> dict:
@@ -30,14 +32,14 @@ def describe(run: Path, target: float) -> dict:
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
     cfg = summary.get("config", {})
     hit = first_reaching(rows, target)
-    last = rows[-1]
+    last = rows[-1]  # the last round is always evaluated
     return {
         "run": run.name,
         "preset": summary.get("name", run.name),
         "partition": cfg.get("partition", "?"),
         "rounds_run": int(last["round"]),
         "final_acc": float(last["test_accuracy"]),
-        "best_acc": max(float(r["test_accuracy"]) for r in rows),
+        "best_acc": max(float(r["test_accuracy"]) for r in evaluated(rows)),
         "hit": hit,
         "at": hit or last,
         "round_s": statistics.median(float(r["round_s"]) for r in rows[1:]) if len(rows) > 1 else 0.0,
