@@ -44,7 +44,10 @@ from tests.test_deployment import cmdline, free_port, stop_group
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-RAY_DAEMONS = ("gcs_server", "/raylet ", "raylet/raylet")
+# A private Ray shows as its daemons' executables. Match argv[0] only: a worker's arguments
+# name the raylet's socket too (".../sockets/raylet"), and a worker the cluster spawned can be
+# re-parented to this (subreaper) test process when its launcher exits.
+RAY_DAEMONS = ("gcs_server", "raylet")
 
 
 class RayHead:
@@ -139,7 +142,7 @@ class TreeWatcher(threading.Thread):
                 if pid in cluster:
                     if "ClientAppActor" in cmd:
                         self.actors_in_cluster.add(pid)
-                elif any(d in cmd + " " for d in RAY_DAEMONS):
+                elif os.path.basename(cmd.split(" ", 1)[0]) in RAY_DAEMONS:
                     self.private_ray.add(cmd[:160])
             self.samples += 1
             self.stop_event.wait(1.0)
