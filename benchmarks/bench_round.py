@@ -231,10 +231,6 @@ def codec_fraction(repeats: int) -> tuple[float, float]:
     return statistics.median(codec_times), statistics.median(train_times)
 
 
-def _ratio(v: float, issue_floor: float, strict_floor: float) -> str:
-    return f"{v / issue_floor:.2f}x | {v / strict_floor:.2f}x"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -252,8 +248,8 @@ def main() -> None:
     data = data_path_samples_per_s(args.repeats)
     codec_s, train_s = codec_fraction(max(args.repeats, 5))
 
-    def r(v: float) -> str:
-        return _ratio(v, issue_floor, strict_floor)
+    def r(v: float) -> str:  # the two ratio columns of a row
+        return f"{v / issue_floor:.2f}x | {v / strict_floor:.2f}x"
 
     print(f"workload: mcmahan-cnn, {CLIENTS} clients/round x 600 samples, {EPOCHS} epoch, batch {BATCH}; "
           f"{os.cpu_count()} CPUs; medians of {args.repeats} repeats ({args.rounds - 1} rounds for simulations)\n")

@@ -18,12 +18,12 @@ import json
 import statistics
 from pathlib import Path
 
-from fedsqueeze.ledger import evaluated
+from fedsqueeze.ledger import accuracy, evaluated
 
 
 def first_reaching(rows: list[dict[str, str]], target: float) -> dict[str, str] | None:
     """The first evaluated ledger row whose test accuracy reaches ``target``."""
-    return next((r for r in evaluated(rows) if float(r["test_accuracy"]) >= target), None)
+    return next((r for r in evaluated(rows) if accuracy(r) >= target), None)
 
 
 def describe(run: Path, target: float) -> dict:
@@ -38,8 +38,8 @@ def describe(run: Path, target: float) -> dict:
         "preset": summary.get("name", run.name),
         "partition": cfg.get("partition", "?"),
         "rounds_run": int(last["round"]),
-        "final_acc": float(last["test_accuracy"]),
-        "best_acc": max(float(r["test_accuracy"]) for r in evaluated(rows)),
+        "final_acc": accuracy(last),
+        "best_acc": max(accuracy(r) for r in evaluated(rows)),
         "hit": hit,
         "at": hit or last,
         "round_s": statistics.median(float(r["round_s"]) for r in rows[1:]) if len(rows) > 1 else 0.0,

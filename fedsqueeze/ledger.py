@@ -21,7 +21,8 @@ from typing import Any
 
 from .config import TARGETS
 
-__all__ = ["COLUMNS", "RoundRow", "Ledger", "evaluated", "targets_reached", "package_versions", "git_revision"]
+__all__ = ["COLUMNS", "RoundRow", "Ledger", "accuracy", "evaluated", "targets_reached", "package_versions",
+           "git_revision"]
 
 COLUMNS = (
     "round",
@@ -170,16 +171,22 @@ class Ledger:
         return row
 
 
+def accuracy(row: Mapping[str, Any]) -> float | None:
+    """A ledger row's test accuracy, or ``None`` if that round was not evaluated (``eval-every``)."""
+    value = row["test_accuracy"]
+    return None if value in ("", None) else float(value)
+
+
 def evaluated(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The rows whose global model was evaluated (all of them unless ``eval-every`` > 1)."""
-    return [r for r in rows if r["test_accuracy"] not in ("", None)]
+    return [r for r in rows if accuracy(r) is not None]
 
 
 def targets_reached(rows: Sequence[Mapping[str, Any]], targets: Sequence[float] = TARGETS) -> dict[str, Any]:
     """First evaluated round reaching each target accuracy, with its cumulative bytes and wall time."""
     out: dict[str, Any] = {}
     for t in targets:
-        hit = next((r for r in evaluated(rows) if float(r["test_accuracy"]) >= t), None)
+        hit = next((r for r in evaluated(rows) if accuracy(r) >= t), None)
         out[f"{t:g}"] = None if hit is None else {
             "round": int(hit["round"]),
             "cum_uplink_bytes": int(hit["cum_uplink_bytes"]),

@@ -24,8 +24,8 @@ from client.local_round import TrainInstruction, mask_state
 from fedsqueeze.config import RunConfig, resolve_pipeline
 from fedsqueeze.data import load_mnist, test_tensors
 from fedsqueeze.partition import describe, label_counts, partition
-from fedsqueeze.ledger import (Ledger, RoundRow, evaluated, git_revision, package_versions, targets_reached,
-                               write_summary)
+from fedsqueeze.ledger import (Ledger, RoundRow, accuracy, evaluated, git_revision, package_versions,
+                               targets_reached, write_summary)
 from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.train import evaluate
 from server.accounting import message_bytes, messages_bytes
@@ -154,7 +154,7 @@ class _Run:
 
     def summary(self, status: str) -> dict[str, Any]:
         rows = self.ledger.rows if self.ledger else []
-        accs = [float(r["test_accuracy"]) for r in evaluated(rows)]
+        accs = [accuracy(r) for r in evaluated(rows)]
         last = rows[-1] if rows else {}
         return {
             "status": status,
@@ -301,7 +301,8 @@ def _record(run: _Run, row: RoundRow) -> None:
     written = run.ledger.append(row, time.perf_counter() - run.started)
     write_summary(run.out_dir, run.summary("running"))
     phase = "" if row.phase == "train" else f" [{row.phase}]"
-    acc = "acc=- (not evaluated)" if row.test_accuracy is None else f"acc={row.test_accuracy:.4f} loss={row.test_loss:.4f}"
+    acc = ("acc=- (not evaluated)" if row.test_accuracy is None
+           else f"acc={row.test_accuracy:.4f} loss={row.test_loss:.4f}")
     log(f"round {row.round}{phase}: {acc} ok={row.clients_ok}/"
         f"{row.clients_sampled} up={row.uplink_bytes:,}B (x{written['uplink_ratio']}) "
         f"down={row.downlink_bytes:,}B (x{written['downlink_ratio']}) {row.round_s:.1f}s "
@@ -359,8 +360,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         run.resume_handshake_bytes = up + down  # real traffic, but not part of the uninterrupted run's ledger
     write_summary(out_dir, run.summary("running"))
     for rnd in range(first, cfg.num_server_rounds + 1):
-        last = run.ledger.rows[-1]
-        if cfg.stop_at_accuracy and last["test_accuracy"] != "" and float(last["test_accuracy"]) >= cfg.stop_at_accuracy:
+        acc = accuracy(run.ledger.rows[-1])
+        if cfg.stop_at_accuracy and acc is not None and acc >= cfg.stop_at_accuracy:
             log(f"reached stop-at-accuracy {cfg.stop_at_accuracy:g} at round {rnd - 1}; stopping")
             break
         evaluate_model = rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from fedsqueeze.ledger import Ledger, RoundRow, evaluated, targets_reached
+from fedsqueeze.ledger import Ledger, RoundRow, accuracy, evaluated, targets_reached
 from simulations.report import _read_metrics
 
 
@@ -14,6 +14,7 @@ def test_unevaluated_rounds_keep_their_bytes_and_are_skipped_by_targets(tmp_path
     rows = ledger.rows
     assert rows[1]["test_accuracy"] == "" and rows[1]["test_loss"] == "" and rows[1]["cum_uplink_bytes"] == 200
     assert [r["round"] for r in evaluated(rows)] == [0, 2, 3]
+    assert accuracy(rows[1]) is None and accuracy(rows[2]) == 0.96
     hit = targets_reached(rows, (0.05, 0.95, 0.99, 0.999))
     assert hit["0.05"]["round"] == 0
     assert hit["0.95"] == {"round": 2, "cum_uplink_bytes": 300, "cum_downlink_bytes": 30,
