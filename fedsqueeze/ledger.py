@@ -1,8 +1,17 @@
-"""The accuracy-vs-bytes ledger: ``metrics.csv`` row by row, ``summary.json`` at the end.
+"""The accuracy-vs-bytes ledger: ``metrics.csv`` row by row, ``clients.csv`` client by client.
 
 Each round's row is appended and fsync'ed as soon as the round is evaluated,
-so a crash loses at most the round in progress. :meth:`Ledger.open` on an
-existing file (resume) keeps the first ``keep_rows`` rows and drops the rest.
+so a crash loses at most the round in progress. A :class:`Ledger` opened on
+an existing run (resume) keeps the first ``keep_rows`` rows and drops the rest.
+
+Bytes are counted two ways per direction: ``*_bytes`` are Flower messages as
+serialized on the wire (their envelopes carry random node and message ids, so
+they vary by a few bytes between identical runs), ``*_payload_bytes`` are the
+FedSqueeze payloads inside them (identical for the same config and seed).
+Round 0 is the handshake (every node reports its partition id) plus the
+initial evaluation: its traffic is in that row's ``uplink_bytes`` /
+``downlink_bytes`` but not in the cumulative columns, so every cumulative
+figure and ratio compares training rounds with training rounds.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from typing import Any
 
 from .config import TARGETS
 
-__all__ = ["COLUMNS", "RoundRow", "Ledger", "accuracy", "evaluated", "targets_reached", "package_versions",
+__all__ = ["COLUMNS", "CLIENT_COLUMNS", "RoundRow", "ClientRow", "Ledger", "accuracy", "evaluated", "targets_reached", "package_versions",
            "git_revision"]
 
 COLUMNS = (
@@ -36,6 +45,10 @@ COLUMNS = (
     "downlink_dense_bytes",
     "cum_uplink_dense_bytes",
     "cum_downlink_dense_bytes",
+    "uplink_payload_bytes",
+    "downlink_payload_bytes",
+    "cum_uplink_payload_bytes",
+    "cum_downlink_payload_bytes",
     "uplink_ratio",
     "downlink_ratio",
     "mean_bits_per_param",
@@ -54,7 +67,62 @@ COLUMNS = (
     "client_train_s",
     "client_encode_s",
     "phase",
+    "sim_round_s",
+    "cum_sim_s",
+    "stragglers",
+    "overselected",
+    "clients_unavailable",
 )
+
+CLIENT_COLUMNS = (
+    "round",
+    "phase",
+    "partition_id",
+    "node_id",
+    "status",
+    "num_examples",
+    "local_epochs",
+    "downlink_bytes",
+    "uplink_bytes",
+    "downlink_payload_bytes",
+    "uplink_payload_bytes",
+    "base_version",
+    "target_version",
+    "train_s",
+    "download_s",
+    "compute_s",
+    "upload_s",
+    "arrival_s",
+)
+
+
+@dataclass
+class ClientRow:
+    """One sampled client in one round: what it was sent, what it sent back, what became of it.
+
+    ``status`` is ``ok`` (aggregated), a screening tag (``crash``, ``payload``,
+    ...), ``timeout`` (no reply), ``straggler`` (arrived after the simulated
+    deadline) or ``overselected`` (arrived in time, after the first K).
+    The ``*_s`` network columns are simulated seconds, ``None`` when the
+    network simulation is off; ``train_s`` is the client's own wall clock.
+    """
+
+    partition_id: int
+    node_id: int
+    status: str = "ok"
+    num_examples: int = 0
+    local_epochs: int = 0
+    downlink_bytes: int = 0
+    uplink_bytes: int = 0
+    downlink_payload_bytes: int = 0
+    uplink_payload_bytes: int = 0
+    base_version: int = 0
+    target_version: int = 0
+    train_s: float = 0.0
+    download_s: float | None = None
+    compute_s: float | None = None
+    upload_s: float | None = None
+    arrival_s: float | None = None
 
 
 @dataclass
@@ -68,6 +136,8 @@ class RoundRow:
     downlink_bytes: int = 0
     uplink_dense_bytes: int = 0
     downlink_dense_bytes: int = 0
+    uplink_payload_bytes: int = 0
+    downlink_payload_bytes: int = 0
     bits_per_param: list[float] = field(default_factory=list)
     rel_distortion: list[float] = field(default_factory=list)
     clients_sampled: int = 0
@@ -80,6 +150,12 @@ class RoundRow:
     client_train_s: list[float] = field(default_factory=list)
     client_encode_s: list[float] = field(default_factory=list)
     phase: str = "train"  # or finetune-<sparsity> / qat (model-compression stages)
+    handshake: bool = False  # round 0: bytes shown in the row, kept out of the cumulative columns
+    sim_round_s: float | None = None  # simulated network time of the round (None: simulation off)
+    stragglers: int = 0
+    overselected: int = 0
+    clients_unavailable: int = 0
+    clients: list[ClientRow] = field(default_factory=list)
 
 
 def _mean(xs: Sequence[float]) -> float | str:
@@ -94,58 +170,84 @@ def _ratio(dense: int, sent: int) -> float | str:
     return round(dense / sent, 3) if sent and dense else ""
 
 
+def _opt(x: float | None, digits: int = 6) -> float | str:
+    return "" if x is None else round(x, digits)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]], mode: str) -> None:
+    with open(path, mode, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        if mode == "w":
+            writer.writeheader()
+        writer.writerows(rows)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 class Ledger:
-    """Append-only CSV ledger with running totals.
+    """Append-only CSV ledgers with running totals: ``metrics.csv`` (rounds) and ``clients.csv``.
 
     Parameters
     ----------
     out_dir
-        Run directory; ``metrics.csv`` and ``summary.json`` go there.
+        Run directory; ``metrics.csv``, ``clients.csv`` and ``summary.json`` go there.
     pipeline_up, pipeline_down
         Canonical pipeline strings written in every row.
     keep_rows
-        On resume: how many existing data rows to keep (``None`` = start fresh).
+        On resume: how many existing round rows to keep (``None`` = start fresh);
+        ``clients.csv`` keeps the clients of those rounds.
     """
 
     def __init__(self, out_dir: Path, pipeline_up: str, pipeline_down: str, keep_rows: int | None = None):
         self.path = Path(out_dir) / "metrics.csv"
+        self.clients_path = Path(out_dir) / "clients.csv"
         self.pipeline_up, self.pipeline_down = pipeline_up, pipeline_down
         self.rows: list[dict[str, Any]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        clients: list[dict[str, Any]] = []
         if keep_rows is not None and self.path.exists():
             with open(self.path, newline="") as fh:
                 self.rows = list(csv.DictReader(fh))[:keep_rows]
-        self._rewrite()
+            if self.rows and self.clients_path.exists():
+                last = int(self.rows[-1]["round"])  # round numbers strictly increase, stage rounds included
+                with open(self.clients_path, newline="") as fh:
+                    clients = [c for c in csv.DictReader(fh) if int(c["round"]) <= last]
+        self._rewrite(self.path, COLUMNS, self.rows)
+        self._rewrite(self.clients_path, CLIENT_COLUMNS, clients)
 
-    def _rewrite(self) -> None:
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+    @staticmethod
+    def _rewrite(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+        tmp = path.with_suffix(".csv.tmp")
+        _write_csv(tmp, columns, rows, "w")
+        os.replace(tmp, path)
 
     def _cum(self, column: str) -> int:
-        return int(self.rows[-1][column]) if self.rows else 0
+        return int(self.rows[-1].get(column) or 0) if self.rows else 0
+
+    def _cum_float(self, column: str) -> float:
+        return float(self.rows[-1].get(column) or 0.0) if self.rows else 0.0
 
     def append(self, r: RoundRow, wall_s: float) -> dict[str, Any]:
         """Add one round (durably) and return the full row written."""
+        counted = 0 if r.handshake else 1  # the handshake is shown, not accumulated
         row = {
             "round": r.round,
             "test_accuracy": "" if r.test_accuracy is None else round(r.test_accuracy, 6),
             "test_loss": "" if r.test_loss is None else round(r.test_loss, 6),
             "uplink_bytes": r.uplink_bytes,
             "downlink_bytes": r.downlink_bytes,
-            "cum_uplink_bytes": self._cum("cum_uplink_bytes") + r.uplink_bytes,
-            "cum_downlink_bytes": self._cum("cum_downlink_bytes") + r.downlink_bytes,
+            "cum_uplink_bytes": self._cum("cum_uplink_bytes") + counted * r.uplink_bytes,
+            "cum_downlink_bytes": self._cum("cum_downlink_bytes") + counted * r.downlink_bytes,
             "uplink_dense_bytes": r.uplink_dense_bytes,
             "downlink_dense_bytes": r.downlink_dense_bytes,
             "cum_uplink_dense_bytes": self._cum("cum_uplink_dense_bytes") + r.uplink_dense_bytes,
             "cum_downlink_dense_bytes": self._cum("cum_downlink_dense_bytes") + r.downlink_dense_bytes,
-            "uplink_ratio": _ratio(r.uplink_dense_bytes, r.uplink_bytes),
-            "downlink_ratio": _ratio(r.downlink_dense_bytes, r.downlink_bytes),
+            "uplink_payload_bytes": r.uplink_payload_bytes,
+            "downlink_payload_bytes": r.downlink_payload_bytes,
+            "cum_uplink_payload_bytes": self._cum("cum_uplink_payload_bytes") + r.uplink_payload_bytes,
+            "cum_downlink_payload_bytes": self._cum("cum_downlink_payload_bytes") + r.downlink_payload_bytes,
+            "uplink_ratio": "" if r.handshake else _ratio(r.uplink_dense_bytes, r.uplink_bytes),
+            "downlink_ratio": "" if r.handshake else _ratio(r.downlink_dense_bytes, r.downlink_bytes),
             "mean_bits_per_param": _mean(r.bits_per_param),
             "mean_rel_distortion": _mean(r.rel_distortion),
             "clients_sampled": r.clients_sampled,
@@ -162,12 +264,26 @@ class Ledger:
             "client_train_s": _median(r.client_train_s),
             "client_encode_s": _median(r.client_encode_s),
             "phase": r.phase,
+            "sim_round_s": _opt(r.sim_round_s),
+            "cum_sim_s": "" if r.sim_round_s is None else round(self._cum_float("cum_sim_s") + r.sim_round_s, 6),
+            "stragglers": r.stragglers,
+            "overselected": r.overselected,
+            "clients_unavailable": r.clients_unavailable,
         }
+        clients = [{
+            "round": r.round, "phase": r.phase, "partition_id": c.partition_id, "node_id": c.node_id,
+            "status": c.status, "num_examples": c.num_examples, "local_epochs": c.local_epochs,
+            "downlink_bytes": c.downlink_bytes, "uplink_bytes": c.uplink_bytes,
+            "downlink_payload_bytes": c.downlink_payload_bytes, "uplink_payload_bytes": c.uplink_payload_bytes,
+            "base_version": c.base_version, "target_version": c.target_version, "train_s": round(c.train_s, 4),
+            "download_s": _opt(c.download_s), "compute_s": _opt(c.compute_s), "upload_s": _opt(c.upload_s),
+            "arrival_s": _opt(c.arrival_s),
+        } for c in r.clients]
+        # clients first: a crash between the two writes leaves client rows of a round the ledger lacks,
+        # which a resume drops, rather than a round whose clients are missing
+        _write_csv(self.clients_path, CLIENT_COLUMNS, clients, "a")
         self.rows.append(row)
-        with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=COLUMNS).writerow(row)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_csv(self.path, COLUMNS, [row], "a")
         return row
 
 
@@ -183,7 +299,10 @@ def evaluated(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def targets_reached(rows: Sequence[Mapping[str, Any]], targets: Sequence[float] = TARGETS) -> dict[str, Any]:
-    """First evaluated round reaching each target accuracy, with its cumulative bytes and wall time."""
+    """First evaluated round reaching each target accuracy, with its cumulative bytes and times.
+
+    ``cum_sim_s`` is the simulated network time (``None`` when the run had no network simulation).
+    """
     out: dict[str, Any] = {}
     for t in targets:
         hit = next((r for r in evaluated(rows) if accuracy(r) >= t), None)
@@ -192,6 +311,10 @@ def targets_reached(rows: Sequence[Mapping[str, Any]], targets: Sequence[float] 
             "cum_uplink_bytes": int(hit["cum_uplink_bytes"]),
             "cum_downlink_bytes": int(hit["cum_downlink_bytes"]),
             "cum_uplink_dense_bytes": int(hit["cum_uplink_dense_bytes"]),
+            "cum_downlink_dense_bytes": int(hit.get("cum_downlink_dense_bytes") or 0),
+            "cum_uplink_payload_bytes": int(hit.get("cum_uplink_payload_bytes") or 0),
+            "cum_downlink_payload_bytes": int(hit.get("cum_downlink_payload_bytes") or 0),
+            "cum_sim_s": float(hit["cum_sim_s"]) if hit.get("cum_sim_s") not in ("", None) else None,
             "wall_s": float(hit["wall_s"]),
         }
     return out

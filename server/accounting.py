@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, no_object_id_recompute
 
-__all__ = ["message_bytes", "messages_bytes"]
+__all__ = ["message_bytes", "messages_bytes", "each_message_bytes"]
 
 _SIZES: OrderedDict[str, int] = OrderedDict()
 _MAX_SIZES = 4096
@@ -49,3 +49,9 @@ def messages_bytes(msgs: Iterable[Message]) -> int:
     """
     with no_object_id_recompute():
         return sum(message_bytes(m) for m in msgs)
+
+
+def each_message_bytes(msgs: Iterable[Message]) -> list[int]:
+    """:func:`message_bytes` of each message, shared objects hashed once (see :func:`messages_bytes`)."""
+    with no_object_id_recompute():
+        return [message_bytes(m) for m in msgs]

@@ -24,18 +24,18 @@ from client.local_round import TrainInstruction, mask_state
 from fedsqueeze.config import RunConfig, resolve_pipeline
 from fedsqueeze.data import load_mnist, test_tensors
 from fedsqueeze.partition import describe, label_counts, partition
-from fedsqueeze.ledger import (Ledger, RoundRow, accuracy, evaluated, git_revision, package_versions,
+from fedsqueeze.ledger import (ClientRow, Ledger, RoundRow, accuracy, evaluated, git_revision, package_versions,
                                targets_reached, write_summary)
 from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.train import evaluate
-from server.accounting import message_bytes, messages_bytes
+from server.accounting import each_message_bytes, message_bytes, messages_bytes
 from server.exchange import exchange
 from server.aggregate import ServerOptimizer, weighted_mean
 from server.model_stages import run_model_stages
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.downlink import Broadcaster
 from server.protocol import CONFIG, MASK, METRICS, MODEL, payloads_record
-from server.replies import Accepted, Rejected, payload_bound, screen_reply
+from server.replies import Accepted, Rejected, payload_bound, reply_payload_bytes, screen_reply
 
 __all__ = ["run_federation", "sample_partitions", "plan_injections"]
 
@@ -68,8 +68,12 @@ def plan_injections(sampled: list[int], cfg: RunConfig, round_: int) -> dict[int
     return plan
 
 
-def log_partitions(cfg: RunConfig, num_partitions: int, out_dir: Path) -> None:
-    """Log the partition summary and write per-client sizes and label counts to ``partitions.csv``."""
+def log_partitions(cfg: RunConfig, num_partitions: int, out_dir: Path) -> list[int]:
+    """Log the partition summary, write per-client sizes and label counts to ``partitions.csv``.
+
+    Returns the number of training examples of each partition (the server knows them from the
+    seed, so the ledger and the network simulation do not depend on what clients report).
+    """
     labels = np.asarray(load_mnist(cfg.data_dir or None).train_labels)
     parts = partition(labels, num_partitions, cfg.partition, seed=cfg.seed, alpha=cfg.dirichlet_alpha,
                       shards_per_client=cfg.shards_per_client)
@@ -79,6 +83,7 @@ def log_partitions(cfg: RunConfig, num_partitions: int, out_dir: Path) -> None:
         fh.write("partition_id,num_examples," + ",".join(f"label_{d}" for d in range(10)) + "\n")
         for pid, row in enumerate(counts):
             fh.write(f"{pid},{int(row.sum())}," + ",".join(str(int(c)) for c in row) + "\n")
+    return [int(row.sum()) for row in counts]
 
 
 def handshake(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], int, int, int]:
@@ -143,6 +148,8 @@ class _Run:
     ledger: Ledger | None
     started: float
     payload_bound: int = 0
+    partition_sizes: list[int] | None = None
+    handshake_bytes: tuple[int, int] = (0, 0)  # (uplink, downlink) of this process's round-0 query
     resume_handshake_bytes: int = 0
     resumed_at: int | None = None
     stage_rows: list[dict[str, Any]] | None = None
@@ -156,6 +163,9 @@ class _Run:
         rows = self.ledger.rows if self.ledger else []
         accs = [accuracy(r) for r in evaluated(rows)]
         last = rows[-1] if rows else {}
+        up, down = int(last.get("cum_uplink_bytes", 0)), int(last.get("cum_downlink_bytes", 0))
+        up_dense, down_dense = int(last.get("cum_uplink_dense_bytes", 0)), int(last.get("cum_downlink_dense_bytes", 0))
+        up_pl, down_pl = int(last.get("cum_uplink_payload_bytes") or 0), int(last.get("cum_downlink_payload_bytes") or 0)
         return {
             "status": status,
             "name": self.cfg.name,
@@ -167,10 +177,18 @@ class _Run:
             "rounds_completed": int(last.get("round", 0)),
             "final_accuracy": accs[-1] if accs else None,
             "best_accuracy": max(accs) if accs else None,
-            "cum_uplink_bytes": int(last.get("cum_uplink_bytes", 0)),
-            "cum_downlink_bytes": int(last.get("cum_downlink_bytes", 0)),
-            "cum_uplink_dense_bytes": int(last.get("cum_uplink_dense_bytes", 0)),
-            "cum_downlink_dense_bytes": int(last.get("cum_downlink_dense_bytes", 0)),
+            # training rounds only (the handshake is below); wire = Flower messages, payload = FedSqueeze's
+            "cum_uplink_bytes": up,
+            "cum_downlink_bytes": down,
+            "cum_uplink_payload_bytes": up_pl,
+            "cum_downlink_payload_bytes": down_pl,
+            "cum_uplink_dense_bytes": up_dense,
+            "cum_downlink_dense_bytes": down_dense,
+            "uplink_vs_float32": round(up_dense / up, 3) if up else None,
+            "downlink_vs_float32": round(down_dense / down, 3) if down else None,
+            "total_vs_float32": round((up_dense + down_dense) / (up + down), 3) if up + down else None,
+            "handshake": {"uplink_bytes": self.handshake_bytes[0], "downlink_bytes": self.handshake_bytes[1]},
+            "cum_sim_s": float(last["cum_sim_s"]) if last.get("cum_sim_s") not in ("", None) else None,
             "wall_s": float(last.get("wall_s", 0.0)),
             "targets": targets_reached(rows),
             "resumed_at_round": self.resumed_at,
@@ -225,6 +243,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     injections = plan_injections(sampled, cfg, round_)
     run.broadcaster.advance(run.weights, round_)
     messages, pid_of = [], {}
+    clients: dict[int, ClientRow] = {}
     records: dict[tuple[int, ...], Any] = {}  # one record per distinct payload list: hashed once, not per node
     for pid in sampled:
         nid = nodes[pid]
@@ -238,8 +257,16 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
             content[MASK] = payloads_record([mode.mask_payload])
         messages.append(Message(content, nid, "train", group_id=str(round_)))
         pid_of[nid] = pid
+        clients[nid] = ClientRow(
+            partition_id=pid, node_id=nid, status="timeout", local_epochs=cfg.local_epochs,
+            num_examples=run.partition_sizes[pid] if run.partition_sizes else 0,
+            downlink_payload_bytes=sum(map(len, bc.payloads)) + len(mode.mask_payload),
+            base_version=bc.base_version, target_version=bc.target_version)
     row = RoundRow(round=round_, test_accuracy=None, test_loss=None, clients_sampled=len(sampled), phase=mode.phase)
-    row.downlink_bytes = messages_bytes(messages)
+    for msg, size in zip(messages, each_message_bytes(messages)):
+        clients[msg.metadata.dst_node_id].downlink_bytes = size
+    row.downlink_bytes = sum(c.downlink_bytes for c in clients.values())
+    row.downlink_payload_bytes = sum(c.downlink_payload_bytes for c in clients.values())
     row.downlink_dense_bytes = 4 * run.num_params * len(messages)
 
     t_sent = time.perf_counter()
@@ -255,7 +282,11 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
         if nid not in pid_of or nid in answered:
             continue
         answered.add(nid)
-        row.uplink_bytes += message_bytes(reply)
+        client = clients[nid]
+        client.uplink_bytes = message_bytes(reply)
+        client.uplink_payload_bytes = reply_payload_bytes(reply)
+        row.uplink_bytes += client.uplink_bytes
+        row.uplink_payload_bytes += client.uplink_payload_bytes
         row.uplink_dense_bytes += 4 * run.num_params
         result = screen_reply(reply, run.up_spec, run.shapes, max_payload_bytes=max_payload,
                               max_examples=max_examples, max_update_norm=cfg.max_update_norm)
@@ -263,7 +294,9 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
         if isinstance(result, Rejected):
             log(f"round {round_}: rejected node {nid} (partition {pid_of[nid]}): {result.tag}: {result.reason}")
             row.failures.append(f"{result.tag}:{pid_of[nid]}")
+            client.status = result.tag
             continue
+        client.status, client.train_s = "ok", result.train_s
         accepted.append(result)
         row.client_train_s.append(result.train_s)
         row.client_encode_s.append(result.encode_s)
@@ -276,6 +309,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
             row.failures.append(f"timeout:{pid}")
             log(f"round {round_}: no reply from node {nid} (partition {pid}) within {cfg.round_timeout:g}s")
     row.clients_ok = len(accepted)
+    row.clients = sorted(clients.values(), key=lambda c: c.partition_id)
 
     if len(accepted) >= cfg.min_train_results:
         updates = [mask_state(a.update, mode.masks) if mode.masks else a.update for a in accepted]
@@ -347,12 +381,15 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     log(f"run {cfg.name!r} seed={cfg.seed} model={cfg.model} ({run.num_params:,} params) "
         f"uplink={run.up_spec} downlink={run.broadcaster.spec} ({cfg.downlink_mode}) out={out_dir}")
     nodes, num_partitions, down, up = handshake(grid, cfg)
-    log(f"handshake: {len(nodes)} nodes of {num_partitions} partitions")
-    log_partitions(cfg, num_partitions, out_dir)
+    run.handshake_bytes = (up, down)
+    log(f"handshake: {len(nodes)} nodes of {num_partitions} partitions, up {up:,} B, down {down:,} B "
+        "(reported apart from the training rounds)")
+    run.partition_sizes = log_partitions(cfg, num_partitions, out_dir)
     if first == 0:
         loss, acc = run.evaluate()
         run.ledger.append(RoundRow(0, acc, loss, uplink_bytes=up, downlink_bytes=down, clients_sampled=len(nodes),
-                                   clients_ok=len(nodes), applied=False), time.perf_counter() - run.started)
+                                   clients_ok=len(nodes), applied=False, handshake=True),
+                          time.perf_counter() - run.started)
         log(f"round 0: acc={acc:.4f} loss={loss:.4f}")
         _checkpoint(run, 0)
         first = 1
@@ -373,10 +410,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         run.stage_rows = run_model_stages(run, grid, nodes, _train_round, lambda row: _record(run, row))
     summary = run.summary("completed")
     write_summary(out_dir, summary)
-    fp32_up = summary["cum_uplink_dense_bytes"]
-    log(f"done: final acc={summary['final_accuracy']:.4f} best={summary['best_accuracy']:.4f} "
-        f"uplink={summary['cum_uplink_bytes']:,}B downlink={summary['cum_downlink_bytes']:,}B "
-        f"uplink vs float32 x{fp32_up / max(summary['cum_uplink_bytes'], 1):.1f} "
-        f"downlink vs float32 x{summary['cum_downlink_dense_bytes'] / max(summary['cum_downlink_bytes'], 1):.1f} "
-        f"-> {out_dir}")
+    log(f"done: final acc={summary['final_accuracy']:.4f} best={summary['best_accuracy']:.4f}; training rounds: "
+        f"uplink={summary['cum_uplink_bytes']:,}B downlink={summary['cum_downlink_bytes']:,}B, "
+        f"vs float32 uplink x{summary['uplink_vs_float32'] or 0:.1f} downlink x{summary['downlink_vs_float32'] or 0:.1f} "
+        f"total x{summary['total_vs_float32'] or 0:.1f}; handshake up {up:,}B down {down:,}B -> {out_dir}")
     return summary

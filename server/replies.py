@@ -20,7 +20,7 @@ from flwr.app import Message
 import compression
 from server.protocol import METRICS, UPDATE, ProtocolError, record_payloads
 
-__all__ = ["Accepted", "Rejected", "screen_reply", "payload_bound"]
+__all__ = ["Accepted", "Rejected", "screen_reply", "payload_bound", "reply_payload_bytes"]
 
 
 def payload_bound(spec: compression.PipelineSpec, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> int:
@@ -127,6 +127,16 @@ def screen_reply(
         train_s=_seconds(metrics.get("train-s")),
         encode_s=_seconds(metrics.get("encode-s")),
     )
+
+
+def reply_payload_bytes(msg: Message) -> int:
+    """Length of the FedSqueeze payload a reply carries, 0 if it has none that the protocol allows."""
+    if msg.has_error() or UPDATE not in msg.content.array_records:
+        return 0
+    try:
+        return sum(map(len, record_payloads(msg.content.array_records[UPDATE], max_items=1)))
+    except ProtocolError:
+        return 0
 
 
 def _seconds(value: Any) -> float:

@@ -101,14 +101,14 @@ SMALL = {
 }
 
 
-VOLATILE = {"round_s", "wall_s", "train_phase_s", "eval_s", "client_train_s", "client_encode_s"}
+VOLATILE = {"round_s", "wall_s", "train_phase_s", "eval_s", "client_train_s", "client_encode_s", "train_s"}
 
 
-def read_rows(out_dir: Path) -> list[dict[str, str]]:
-    """The ledger rows of a run directory."""
+def read_rows(out_dir: Path, name: str = "metrics.csv") -> list[dict[str, str]]:
+    """The ledger rows of a run directory (``clients.csv``: one row per sampled client and round)."""
     import csv
 
-    with open(Path(out_dir) / "metrics.csv", newline="") as fh:
+    with open(Path(out_dir) / name, newline="") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -117,9 +117,9 @@ def assert_same_ledgers(a: list[dict[str, str]], b: list[dict[str, str]], envelo
 
     Flower's node and run ids are random 64-bit varints in every message's
     metadata, so a message can be a few bytes longer or shorter from one run
-    (or entry point) to the next; payloads are bit-identical. Byte columns may
-    therefore differ by ``envelope_jitter`` bytes per message; every other
-    column must be identical.
+    (or entry point) to the next; payloads are bit-identical. Wire-byte columns
+    may therefore differ by ``envelope_jitter`` bytes per message; every other
+    column, the ``*_payload_bytes`` ones included, must be identical.
     """
     assert len(a) == len(b)
     messages = 0
@@ -128,7 +128,7 @@ def assert_same_ledgers(a: list[dict[str, str]], b: list[dict[str, str]], envelo
         for key in ra:
             if key in VOLATILE or key.endswith("_ratio"):  # ratios derive from the byte columns
                 continue
-            if key.endswith("_bytes") and "dense" not in key:
+            if key.endswith("_bytes") and "dense" not in key and "payload" not in key:
                 bound = envelope_jitter * (messages if key.startswith("cum_") else int(ra["clients_sampled"]))
                 assert abs(int(ra[key]) - int(rb[key])) <= bound, (ra["round"], key)
             else:

@@ -42,7 +42,21 @@ def test_fp32_ledger_equals_reserialized_messages(tmp_path):
         assert int(row["uplink_dense_bytes"]) <= int(row["uplink_bytes"]) <= 1.02 * int(row["uplink_dense_bytes"])
     assert float(rows[-1]["test_accuracy"]) > float(rows[0]["test_accuracy"]) + 0.5
     assert summary["status"] == "completed" and summary["rounds_completed"] == 3
-    assert summary["cum_uplink_bytes"] == sum(up for _, up in recomputed)
+    # the summary's totals and ratios are training rounds only; the handshake stands apart
+    assert summary["cum_uplink_bytes"] == sum(up for _, up in recomputed[1:])
+    assert summary["handshake"] == {"uplink_bytes": recomputed[0][1], "downlink_bytes": recomputed[0][0]}
+    assert summary["uplink_vs_float32"] == round(summary["cum_uplink_dense_bytes"] / summary["cum_uplink_bytes"], 3)
+    # clients.csv: one row per sampled client, its wire bytes add up to the round's, its sizes are the server's
+    clients = read_rows(tmp_path, "clients.csv")
+    for row in rows[1:]:
+        mine = [c for c in clients if c["round"] == row["round"]]
+        assert len(mine) == int(row["clients_sampled"]) and all(c["status"] == "ok" for c in mine)
+        assert sum(int(c["uplink_bytes"]) for c in mine) == int(row["uplink_bytes"])
+        assert sum(int(c["downlink_bytes"]) for c in mine) == int(row["downlink_bytes"])
+        assert all(int(c["num_examples"]) == 12_000 for c in mine)
+        # an fp32 payload is the dense update plus a small header
+        for c in mine:
+            assert 4 * 20_490 < int(c["uplink_payload_bytes"]) < 4 * 20_490 + 1_024 < int(c["uplink_bytes"])
     assert summary["versions"]["flwr"] == "1.42.0" and set(summary["targets"]) == {"0.97", "0.98", "0.985", "0.99"}
     with open(tmp_path / "partitions.csv", newline="") as fh:
         parts = list(csv.DictReader(fh))
@@ -56,7 +70,14 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     run_inprocess(cfg, tmp_path / "b")
     a, b = read_rows(tmp_path / "a"), read_rows(tmp_path / "b")
     assert len(a) == 3
-    assert_same_ledgers(a, b, envelope_jitter=4)
+    assert_same_ledgers(a, b, envelope_jitter=4)  # payload bytes: exactly equal
+    assert int(a[-1]["cum_uplink_payload_bytes"]) > 0 and int(a[-1]["cum_downlink_payload_bytes"]) > 0
+    ca, cb = read_rows(tmp_path / "a", "clients.csv"), read_rows(tmp_path / "b", "clients.csv")
+    assert len(ca) == len(cb) > 0
+    for x, y in zip(ca, cb):
+        for key in ("partition_id", "status", "uplink_payload_bytes", "downlink_payload_bytes", "base_version",
+                    "target_version"):
+            assert x[key] == y[key], key
 
 
 @pytest.mark.parametrize("preset", ["stc", "q8"])
@@ -77,7 +98,7 @@ def test_compressed_federation_end_to_end(tmp_path, preset):
     failed = sum(int(r["clients_failed"]) for r in rows[1:])
     assert failed >= 1 and all("payload:" in r["failures"] for r in rows[1:] if r["failures"])
     assert summary["status"] == "completed"
-    up, dense = summary["cum_uplink_bytes"] - int(rows[0]["uplink_bytes"]), summary["cum_uplink_dense_bytes"]
+    up, dense = summary["cum_uplink_bytes"], summary["cum_uplink_dense_bytes"]
     if preset == "stc":
         assert dense / up >= 50, f"stc uplink only {dense / up:.1f}x below float32"
     else:
