@@ -8,6 +8,7 @@ below (``-`` → ``_``), rejects unknown keys and wrong types, and checks ranges
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -73,6 +74,12 @@ class RunConfig:
     fail_hang: float = 0.0
     eval_batch_size: int = 250
     eval_every: int = 1
+    # simulated client networks and devices (fedsqueeze.netsim, docs/network.md); "" = off
+    network: str = ""
+    network_scale: float = 1.0
+    compute_time: str = "flops"
+    round_deadline: float = 0.0
+    over_select: float = 0.0
     # mixed precision local training
     bf16_autocast: bool = False
     # model-level compression of the global model after the last round (off when both lists are empty)
@@ -139,6 +146,7 @@ class RunConfig:
         """Check ranges and names; raise :class:`ConfigError` naming the key."""
         from compression import SpecError
 
+        from . import netsim
         from .models import MODELS
         from .partition import SCHEMES
 
@@ -179,6 +187,16 @@ class RunConfig:
         need(self.fail_hang == 0 or self.round_timeout > 0, "fail-hang", "needs round-timeout > 0")
         need(self.eval_batch_size >= 1, "eval-batch-size", "must be >= 1")
         need(self.eval_every >= 1, "eval-every", "must be >= 1")
+        need(not self.network.strip() or self.network.startswith("trace:") or self.network in netsim.PROFILE_SETS,
+             "network", f"must be '' (off), a profile set {sorted(netsim.PROFILE_SETS)} or 'trace:<path>'")
+        need(math.isfinite(self.network_scale) and self.network_scale > 0, "network-scale", "must be > 0")
+        need(self.compute_time in ("flops", "measured"), "compute-time", "must be 'flops' or 'measured'")
+        need(math.isfinite(self.round_deadline) and self.round_deadline >= 0, "round-deadline",
+             "must be >= 0 simulated seconds (0 = none)")
+        need(math.isfinite(self.over_select) and self.over_select >= 0, "over-select",
+             "must be >= 0 (extra fraction of clients sampled; 0 = none)")
+        need(bool(self.network.strip()) or (self.round_deadline == 0 and self.over_select == 0), "round-deadline",
+             "round-deadline and over-select act on simulated arrival times: set 'network' too")
         try:
             levels = self.prune_levels
         except ValueError:

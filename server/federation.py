@@ -9,6 +9,7 @@ directly.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from flwr.serverapp import Grid
 
 import compression
 from client.local_round import TrainInstruction, mask_state
+from fedsqueeze import netsim
 from fedsqueeze.config import RunConfig, resolve_pipeline
 from fedsqueeze.data import load_mnist, test_tensors
 from fedsqueeze.partition import describe, label_counts, partition
@@ -46,9 +48,17 @@ def log(text: str) -> None:
     print(f"[fedsqueeze] {text}", flush=True)
 
 
-def sample_partitions(partitions: list[int], cfg: RunConfig, round_: int) -> list[int]:
-    """The partition ids trained in ``round_``: a function of (seed, round) only."""
-    k = min(len(partitions), max(cfg.min_train_nodes, int(round(cfg.fraction_train * len(partitions)))))
+def sample_size(num_nodes: int, cfg: RunConfig) -> int:
+    """K, the number of clients a round trains: ``fraction-train`` of the nodes, at least ``min-train-nodes``."""
+    return min(num_nodes, max(cfg.min_train_nodes, int(round(cfg.fraction_train * num_nodes))))
+
+
+def sample_partitions(partitions: list[int], cfg: RunConfig, round_: int, k: int | None = None) -> list[int]:
+    """The partition ids trained in ``round_``: a function of (seed, round, candidates) only.
+
+    ``k`` defaults to :func:`sample_size` of the candidates; it is capped at their number.
+    """
+    k = sample_size(len(partitions), cfg) if k is None else min(k, len(partitions))
     rng = np.random.default_rng([cfg.seed, round_, 0xC11E])
     return sorted(rng.choice(sorted(partitions), size=k, replace=False).tolist())
 
@@ -149,6 +159,9 @@ class _Run:
     started: float
     payload_bound: int = 0
     partition_sizes: list[int] | None = None
+    profiles: list[netsim.ClientProfile] | None = None  # per partition; None = no network simulation
+    reference_flops: float = 0.0
+    flops_per_example: int = 0
     handshake_bytes: tuple[int, int] = (0, 0)  # (uplink, downlink) of this process's round-0 query
     resume_handshake_bytes: int = 0
     resumed_at: int | None = None
@@ -189,6 +202,11 @@ class _Run:
             "total_vs_float32": round((up_dense + down_dense) / (up + down), 3) if up + down else None,
             "handshake": {"uplink_bytes": self.handshake_bytes[0], "downlink_bytes": self.handshake_bytes[1]},
             "cum_sim_s": float(last["cum_sim_s"]) if last.get("cum_sim_s") not in ("", None) else None,
+            "network": None if self.profiles is None else {
+                "profiles": self.cfg.network, "bandwidth_scale": self.cfg.network_scale,
+                "compute_time": self.cfg.compute_time, "round_deadline_s": self.cfg.round_deadline,
+                "over_select": self.cfg.over_select, "reference_flops": self.reference_flops,
+                "train_flops_per_example": self.flops_per_example},
             "wall_s": float(last.get("wall_s", 0.0)),
             "targets": targets_reached(rows),
             "resumed_at_round": self.resumed_at,
@@ -223,6 +241,21 @@ def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
     )
 
 
+def _setup_network(run: _Run, num_partitions: int) -> None:
+    """Draw (or read) every partition's link and device profile, if the run simulates a network."""
+    cfg = run.cfg
+    run.profiles = netsim.resolve_profiles(cfg.network, num_partitions, cfg.seed, cfg.network_scale)
+    if run.profiles is None:
+        return
+    # a trace's compute factors are relative to this repository's reference host
+    run.reference_flops = (netsim.HOST_1THREAD_TRAIN_FLOPS if cfg.network.startswith("trace:")
+                           else netsim.get_profile_set(cfg.network).reference_flops)
+    run.flops_per_example = netsim.train_flops_per_example(build_model(cfg.model), (1, 28, 28))
+    log(f"network: {cfg.network} x{cfg.network_scale:g} bandwidth, {cfg.compute_time} compute time "
+        f"({run.flops_per_example / 1e6:.1f} MFLOP per training example), deadline "
+        f"{cfg.round_deadline:g}s, over-select {cfg.over_select:g}")
+
+
 def _instruction(run: _Run, round_: int, base: int, target: int, inject: str, mode: RoundMode) -> TrainInstruction:
     c = run.cfg
     return TrainInstruction(
@@ -239,7 +272,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
                  evaluate_model: bool = True) -> RoundRow:
     cfg = run.cfg
     t0 = time.perf_counter()
-    sampled = sample_partitions(list(nodes), cfg, round_)
+    sampled, target_k, unavailable = _sample(run, nodes, round_)
     injections = plan_injections(sampled, cfg, round_)
     run.broadcaster.advance(run.weights, round_)
     messages, pid_of = [], {}
@@ -262,7 +295,8 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
             num_examples=run.partition_sizes[pid] if run.partition_sizes else 0,
             downlink_payload_bytes=sum(map(len, bc.payloads)) + len(mode.mask_payload),
             base_version=bc.base_version, target_version=bc.target_version)
-    row = RoundRow(round=round_, test_accuracy=None, test_loss=None, clients_sampled=len(sampled), phase=mode.phase)
+    row = RoundRow(round=round_, test_accuracy=None, test_loss=None, clients_sampled=len(sampled), phase=mode.phase,
+                   clients_unavailable=unavailable)
     for msg, size in zip(messages, each_message_bytes(messages)):
         clients[msg.metadata.dst_node_id].downlink_bytes = size
     row.downlink_bytes = sum(c.downlink_bytes for c in clients.values())
@@ -308,6 +342,8 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
             run.broadcaster.confirm(nid, False)
             row.failures.append(f"timeout:{pid}")
             log(f"round {round_}: no reply from node {nid} (partition {pid}) within {cfg.round_timeout:g}s")
+    if run.profiles is not None:
+        accepted = _close_simulated_round(run, row, clients, accepted, target_k, pid_of)
     row.clients_ok = len(accepted)
     row.clients = sorted(clients.values(), key=lambda c: c.partition_id)
 
@@ -329,6 +365,62 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     return row
 
 
+def _sample(run: _Run, nodes: dict[int, int], round_: int) -> tuple[list[int], int, int]:
+    """(sampled partitions, replies to keep (0 = all), unavailable count) for ``round_``.
+
+    Without a network simulation every node is a candidate. With one, only the
+    partitions available this round (per their profiles) are; K is still
+    ``fraction-train`` of all nodes, and over-selection samples ``ceil(K * (1 + over-select))``
+    of the available ones and keeps the first K replies to arrive.
+    """
+    cfg = run.cfg
+    if run.profiles is None:
+        return sample_partitions(list(nodes), cfg, round_), 0, 0
+    candidates = netsim.available_partitions(run.profiles, cfg.seed, round_, nodes)
+    k = sample_size(len(nodes), cfg)
+    extra = cfg.over_select > 0
+    n = math.ceil(k * (1 + cfg.over_select)) if extra else k
+    return sample_partitions(candidates, cfg, round_, n), k if extra else 0, len(nodes) - len(candidates)
+
+
+def _close_simulated_round(run: _Run, row: RoundRow, clients: dict[int, ClientRow], accepted: list[Accepted],
+                           target_k: int, pid_of: dict[int, int]) -> list[Accepted]:
+    """Time every reply on its client's simulated link and device; keep what the server waits for.
+
+    Mutates ``clients`` (simulated times, ``straggler`` / ``overselected`` status) and ``row``
+    (``sim_round_s``, counts); returns the accepted replies still aggregated. A straggler
+    already received and applied its broadcast, so its downlink version stands; the update it
+    sent is lost, and the part of it that its error-feedback residual did not keep is lost
+    with it (docs/network.md).
+    """
+    cfg = run.cfg
+    assert run.profiles is not None
+    timings = {}
+    for nid, c in clients.items():
+        if c.status == "timeout":  # no reply at all: nothing arrives to be timed
+            continue
+        prof = run.profiles[c.partition_id]
+        if cfg.compute_time == "flops":
+            compute = netsim.compute_seconds(c.num_examples, c.local_epochs, run.flops_per_example, prof,
+                                             run.reference_flops)
+        else:
+            compute = c.train_s / prof.compute_factor
+        t = netsim.client_timing(c.partition_id, prof, c.downlink_bytes, c.uplink_bytes, compute)
+        c.download_s, c.compute_s, c.upload_s, c.arrival_s = t.download_s, t.compute_s, t.upload_s, t.arrival_s
+        if c.status == "ok":
+            timings[nid] = t
+    closed = netsim.close_round(list(timings.values()), target_k, cfg.round_deadline)
+    late, over = set(closed.stragglers), set(closed.overselected)
+    for c in clients.values():
+        if c.partition_id in late:
+            c.status = netsim.STATUS_STRAGGLER
+        elif c.partition_id in over:
+            c.status = netsim.STATUS_OVERSELECTED
+    row.sim_round_s, row.stragglers, row.overselected = closed.round_s, len(late), len(over)
+    kept = set(closed.kept)
+    return [a for a in accepted if pid_of[a.node_id] in kept]
+
+
 def _record(run: _Run, row: RoundRow) -> None:
     """Append ``row`` to the ledger, refresh ``summary.json`` and log the round."""
     assert run.ledger is not None
@@ -337,10 +429,13 @@ def _record(run: _Run, row: RoundRow) -> None:
     phase = "" if row.phase == "train" else f" [{row.phase}]"
     acc = ("acc=- (not evaluated)" if row.test_accuracy is None
            else f"acc={row.test_accuracy:.4f} loss={row.test_loss:.4f}")
+    sim = "" if row.sim_round_s is None else (
+        f" sim {row.sim_round_s:.1f}s (total {written['cum_sim_s']:.0f}s, stragglers {row.stragglers}"
+        f"{f', over-selected {row.overselected}' if row.overselected else ''})")
     log(f"round {row.round}{phase}: {acc} ok={row.clients_ok}/"
         f"{row.clients_sampled} up={row.uplink_bytes:,}B (x{written['uplink_ratio']}) "
         f"down={row.downlink_bytes:,}B (x{written['downlink_ratio']}) {row.round_s:.1f}s "
-        f"(clients {row.train_phase_s:.1f}s, eval {row.eval_s:.1f}s)")
+        f"(clients {row.train_phase_s:.1f}s, eval {row.eval_s:.1f}s){sim}")
 
 
 def _checkpoint(run: _Run, round_: int) -> None:
@@ -385,6 +480,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     log(f"handshake: {len(nodes)} nodes of {num_partitions} partitions, up {up:,} B, down {down:,} B "
         "(reported apart from the training rounds)")
     run.partition_sizes = log_partitions(cfg, num_partitions, out_dir)
+    _setup_network(run, num_partitions)
     if first == 0:
         loss, acc = run.evaluate()
         run.ledger.append(RoundRow(0, acc, loss, uplink_bytes=up, downlink_bytes=down, clients_sampled=len(nodes),
