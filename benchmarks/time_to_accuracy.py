@@ -108,17 +108,12 @@ class Setting:
     num_clients: int
     seed: int = 0
     compute: str = "flops"
-    reference_flops: float | None = None  # None: the profile set's; required for traces in flops mode
+    reference_flops: float | None = None  # None: netsim.reference_flops(spec)
 
     def reference(self) -> float | None:
         if self.compute != "flops":
             return None
-        if self.reference_flops is not None:
-            return self.reference_flops
-        if self.spec.startswith("trace:"):
-            raise RunError(f"{self.spec}: a trace has no reference device; pass --reference-flops "
-                           "or --compute measured")
-        return netsim.get_profile_set(self.spec).reference_flops
+        return netsim.reference_flops(self.spec, self.reference_flops)
 
 
 def _flops(run: Run) -> float:
@@ -363,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--compute", choices=("flops", "measured"), default="flops")
     ap.add_argument("--profile-seed", type=int, default=0)
     ap.add_argument("--reference-flops", type=float, default=None,
-                    help="reference device FLOP/s (overrides the profile set's; needed for traces)")
+                    help="reference device FLOP/s (default: the profile set's; for traces the benchmark host)")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
