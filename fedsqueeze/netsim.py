@@ -46,6 +46,8 @@ __all__ = [
     "draw_profiles",
     "load_trace",
     "resolve_profiles",
+    "reference_flops",
+    "HOST_1THREAD_TRAIN_FLOPS",
     "is_available",
     "available_partitions",
     "train_flops_per_example",
@@ -534,6 +536,30 @@ def resolve_profiles(spec: str, num_clients: int, seed: int,
     return profiles
 
 
+def reference_flops(spec: str, override: float | None = None) -> float:
+    """Training FLOP/s of the reference device (compute_factor = 1) for a profile spec.
+
+    ``override`` if given; else the named set's :attr:`ProfileSet.reference_flops`; for
+    ``trace:<path>`` specs the benchmark host, one thread (:data:`HOST_1THREAD_TRAIN_FLOPS`),
+    so a trace's ``compute_factor`` is relative to that host unless overridden.
+
+    Raises
+    ------
+    ProfileSetError
+        Unknown set name, empty spec, or an override that is not a finite number > 0.
+    """
+    if override is not None:
+        if not (_finite(override) and override > 0):
+            raise ProfileSetError(f"reference FLOP/s must be a finite number > 0, got {override!r}")
+        return float(override)
+    spec = spec.strip() if isinstance(spec, str) else spec
+    if not spec:
+        raise ProfileSetError("network simulation is off (empty profile spec): no reference device")
+    if isinstance(spec, str) and spec.startswith("trace:"):
+        return HOST_1THREAD_TRAIN_FLOPS
+    return get_profile_set(spec).reference_flops
+
+
 # ---------------------------------------------------------------------------------------------
 # Availability
 # ---------------------------------------------------------------------------------------------
@@ -865,6 +891,8 @@ def replay_rounds(rows: Iterable[Mapping[str, Any]], profiles: Sequence[ClientPr
         missing.setdefault(rnd, 0)
         up, down = _int(row, "uplink_bytes", where), _int(row, "downlink_bytes", where)
         if status == STATUS_UNAVAILABLE or (status != STATUS_OK and up == 0):
+            log.debug("replay: round %d partition %d (%s) sent no reply; it does not hold the round", rnd, pid,
+                      status)
             missing[rnd] += 1
             continue
         if not 0 <= pid < len(profiles):

@@ -237,6 +237,16 @@ def test_invalid_profile_set_and_profile_rejected():
         ClientProfile(1e6, 0.0, 0.0, 1.0, 1.0)
 
 
+def test_reference_flops_per_spec():
+    assert netsim.reference_flops("mobile-4g") == 5e9
+    assert netsim.reference_flops("home-broadband") == netsim.HOST_1THREAD_TRAIN_FLOPS
+    assert netsim.reference_flops("trace:/any.csv") == netsim.HOST_1THREAD_TRAIN_FLOPS
+    assert netsim.reference_flops("mobile-3g", override=2e9) == 2e9
+    for bad in (("",), ("nope",), ("mobile-4g", 0.0), ("mobile-4g", float("nan"))):
+        with pytest.raises(ProfileSetError):
+            netsim.reference_flops(*bad)
+
+
 def test_resolve_profiles_specs(tmp_path):
     assert resolve_profiles("", 10, 0) is None
     with pytest.raises(ProfileSetError) as err:
