@@ -247,9 +247,7 @@ def _setup_network(run: _Run, num_partitions: int) -> None:
     run.profiles = netsim.resolve_profiles(cfg.network, num_partitions, cfg.seed, cfg.network_scale)
     if run.profiles is None:
         return
-    # a trace's compute factors are relative to this repository's reference host
-    run.reference_flops = (netsim.HOST_1THREAD_TRAIN_FLOPS if cfg.network.startswith("trace:")
-                           else netsim.get_profile_set(cfg.network).reference_flops)
+    run.reference_flops = netsim.reference_flops(cfg.network)
     run.flops_per_example = netsim.train_flops_per_example(build_model(cfg.model), (1, 28, 28))
     log(f"network: {cfg.network} x{cfg.network_scale:g} bandwidth, {cfg.compute_time} compute time "
         f"({run.flops_per_example / 1e6:.1f} MFLOP per training example), deadline "
