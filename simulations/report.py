@@ -52,6 +52,8 @@ PLOTS = {
     "accuracy_vs_total.png": ("total", "cumulative uplink + downlink (MB, log scale)"),
     "accuracy_vs_round.png": ("round", "round"),
 }
+# drawn when the runs simulated client networks (``network`` set)
+SIM_PLOT = {"accuracy_vs_sim_time.png": ("sim", "simulated time (min, log scale)")}
 # settings that identify a run rather than describe the experiment
 _IDENTITY_KEYS = {"name", "seed", "out-dir", "data-dir"}
 PARTIAL_MARK = "†"
@@ -235,6 +237,8 @@ def _read_metrics(path: Path, spec: RunSpec) -> pd.DataFrame:
     # columns of the evaluated rounds already include them.
     df = df.dropna(subset=["test_accuracy"]).copy()
     df["cum_total_bytes"] = df["cum_uplink_bytes"] + df["cum_downlink_bytes"]
+    if "cum_sim_s" not in df:  # ledgers before the network simulation, or runs without one
+        df["cum_sim_s"] = math.nan
     return df.sort_values("round").reset_index(drop=True)
 
 
@@ -248,10 +252,10 @@ def reach_values(curve: pd.DataFrame, target: float) -> dict[str, float] | None:
     row = hit.iloc[0]
     return {"rounds": float(row["round"]), "uplink_bytes": float(row["cum_uplink_bytes"]),
             "downlink_bytes": float(row["cum_downlink_bytes"]), "total_bytes": float(row["cum_total_bytes"]),
-            "wall_s": float(row["wall_s"])}
+            "wall_s": float(row["wall_s"]), "sim_s": float(row["cum_sim_s"])}
 
 
-_QUANTITIES = ("rounds", "uplink_bytes", "downlink_bytes", "total_bytes", "wall_s")
+_QUANTITIES = ("rounds", "uplink_bytes", "downlink_bytes", "total_bytes", "wall_s", "sim_s")
 _FACTORS = {"uplink_factor": "uplink_bytes", "downlink_factor": "downlink_bytes", "total_factor": "total_bytes"}
 
 
@@ -274,7 +278,7 @@ def target_table(res: SweepResults, targets: Sequence[float] = TARGETS, baseline
                                    "runs_expected": len(group), "runs_completed": len(done),
                                    "runs_reached": len(hits)}
             for q in _QUANTITIES:
-                row[f"{q}_mean"], row[f"{q}_ci95"], _ = mean_ci([h[q] for h in hits])
+                row[f"{q}_mean"], row[f"{q}_ci95"], _ = mean_ci([h[q] for h in hits if not math.isnan(h[q])])
             row["partial"] = 0 < len(hits) < len(done)
             rows.append(row)
     table = pd.DataFrame(rows)
@@ -377,6 +381,29 @@ def markdown_target_table(table: pd.DataFrame, baseline: str = BASELINE, heading
     return "\n".join(out)
 
 
+def has_sim_time(table: pd.DataFrame) -> bool:
+    """True if any run of the table had a simulated network (``network`` set)."""
+    return not table.empty and bool(table["sim_s_mean"].notna().any())
+
+
+def markdown_time_table(table: pd.DataFrame, heading_level: int = 2) -> str:
+    """Simulated time to each target (network simulation), beside the bytes table; empty without one."""
+    if not has_sim_time(table):
+        return ""
+    out = ["Simulated time (docs/network.md): download + local training + upload on each sampled client's "
+           "profile, the round closing when the server has what it waits for; mean ± 95 % CI over the runs "
+           "that reached the target.", ""]
+    for part, group in table.groupby("partition", sort=False):
+        out += [f"{'#' * heading_level} Partition `{part}`", "", "| target | preset | reached | rounds "
+                "| simulated time (min) |", "|" + "---|" * 5]
+        for _, r in group.sort_values("target", kind="stable").iterrows():
+            out.append("| " + " | ".join([f"{r['target']:g}", r["variant"], _fmt_reached(r),
+                                          fmt_mean_ci(r["rounds_mean"], r["rounds_ci95"], decimals=1),
+                                          fmt_mean_ci(r["sim_s_mean"], r["sim_s_ci95"], 60.0, decimals=1)]) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def markdown_final_table(table: pd.DataFrame) -> str:
     """Final accuracy and total bytes per partition and preset, as Markdown."""
     if table.empty:
@@ -399,7 +426,7 @@ def markdown_final_table(table: pd.DataFrame) -> str:
 
 def _mean_curve(curves: Sequence[pd.DataFrame], axis: str) -> pd.DataFrame:
     """Per round: mean x, and mean / min / max accuracy over the runs that have the round."""
-    x_col = {"uplink": "cum_uplink_bytes", "total": "cum_total_bytes", "round": "round"}[axis]
+    x_col = {"uplink": "cum_uplink_bytes", "total": "cum_total_bytes", "round": "round", "sim": "cum_sim_s"}[axis]
     both = pd.concat([c[["round", "test_accuracy"]].assign(x=c[x_col]) for c in curves])
     agg = both.groupby("round").agg(x=("x", "mean"), acc=("test_accuracy", "mean"),
                                     lo=("test_accuracy", "min"), hi=("test_accuracy", "max"))
@@ -408,7 +435,7 @@ def _mean_curve(curves: Sequence[pd.DataFrame], axis: str) -> pd.DataFrame:
         # round 0 is the initial model plus the handshake: it carries no update
         # bytes and would stretch the log axis over decades of nothing
         agg = agg[agg["round"] > 0].copy()
-        agg["x"] = agg["x"] / MB
+        agg["x"] = agg["x"] / (60.0 if axis == "sim" else MB)
     return agg
 
 
@@ -588,20 +615,22 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *,
     res = load_results(sweep_dir)
     out = Path(out_dir) if out_dir else res.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    written = [plot_accuracy(res, axis, out / name, label, targets) for name, (axis, label) in PLOTS.items()]
     table = target_table(res, targets, baseline)
+    plots = {**PLOTS, **(SIM_PLOT if has_sim_time(table) else {})}
+    written = [plot_accuracy(res, axis, out / name, label, targets) for name, (axis, label) in plots.items()]
     table.to_csv(out / "table.csv", index=False, float_format="%.6g")
     name = res.meta.get("name", res.sweep_dir.name)
     md_table = markdown_target_table(table, baseline, heading_level=3)
     (out / "table.md").write_text(f"# Cost to reach target accuracy — sweep `{name}`\n\n"
                                   + markdown_target_table(table, baseline) + "\n")
     written += [out / "table.csv", out / "table.md"]
-    (out / "report.md").write_text(_report_text(res, name, md_table, markdown_final_table(final_table(res))))
+    md_time = markdown_time_table(table, heading_level=3)
+    (out / "report.md").write_text(_report_text(res, name, md_table, markdown_final_table(final_table(res)), md_time))
     written.append(out / "report.md")
     return written
 
 
-def _report_text(res: SweepResults, name: str, md_table: str, md_final: str) -> str:
+def _report_text(res: SweepResults, name: str, md_table: str, md_final: str, md_time: str = "") -> str:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"# Sweep `{name}`", ""]
     if res.meta.get("description"):
@@ -609,14 +638,15 @@ def _report_text(res: SweepResults, name: str, md_table: str, md_final: str) -> 
     parts += [f"Generated {stamp} by `python -m simulations.report` from `{res.sweep_dir}`.", "",
               "## Settings", "", *_settings_lines(res), *_machine_lines(res), "",
               "## Run status", "", *_status_lines(res), ""]
-    for file, (axis, _) in PLOTS.items():
+    for file, (axis, _) in {**PLOTS, **(SIM_PLOT if md_time else {})}.items():
         title = {"uplink": "Accuracy vs cumulative uplink bytes", "total": "Accuracy vs cumulative total bytes",
-                 "round": "Accuracy vs round"}[axis]
+                 "round": "Accuracy vs round", "sim": "Accuracy vs simulated time"}[axis]
         parts += [f"## {title}", "", f"![{title}]({file})", ""]
     parts += ["Lines: mean test accuracy over the completed seeds at each round (x: mean cumulative bytes); "
               "band: min–max over seeds; dotted: target accuracies; n = completed runs.", "",
               "## Cost to reach each target accuracy", "", md_table,
               "Machine-readable: [table.csv](table.csv) (bytes, seconds; `*_ci95` = CI half-width).", "",
+              *(["## Simulated time to each target accuracy", "", md_time] if md_time else []),
               "## Final accuracy and total traffic", "", md_final]
     return "\n".join(parts) + "\n"
 

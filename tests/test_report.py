@@ -226,3 +226,34 @@ def test_report_on_a_folder_of_runs_without_sweep_json(tmp_path):
 def test_cli_errors_on_an_empty_folder(tmp_path, capsys):
     assert rp.main([str(tmp_path)]) == 2
     assert "no sweep.json" in capsys.readouterr().err
+
+
+def test_simulated_time_table_and_plot_when_runs_simulated_a_network(tmp_path):
+    """Runs with a network simulation get a time-to-target table and an accuracy-vs-simulated-time plot."""
+    spec = sw.parse_sweep({"name": "timed", "presets": ["fedavg-fp32", "stc"], "seeds": [0, 1],
+                           "num-supernodes": 100, "overrides": {"num-server-rounds": 10, "network": "mobile-4g"},
+                           "partitions": [{"label": "iid", "partition": "iid"}]})
+    runs = sw.expand(spec)
+    sw.write_sweep_json(tmp_path, spec, runs)
+    # fp32: 97 % at round 4, 60 s per round; stc: 97 % at round 8 (seed 0) / 6 (seed 1), 10 s per round
+    plan = {("fedavg-fp32", 0): (4, 60.0), ("fedavg-fp32", 1): (4, 60.0), ("stc", 0): (8, 10.0), ("stc", 1): (6, 10.0)}
+    for run in runs:
+        hit, sim = plan[(run.preset, run.seed)]
+        write_fake_run(tmp_path / "runs" / run.id, run.config, ramp(hit, 0.98, 10), sim_round_s=sim)
+        (tmp_path / "runs" / run.id / sw.STATUS_FILE).write_text(json.dumps({"status": "completed"}))
+    sw.write_index(tmp_path, runs)
+    written = rp.write_report(tmp_path)
+    assert (tmp_path / "accuracy_vs_sim_time.png").read_bytes()[:8] == PNG_MAGIC
+    assert tmp_path / "accuracy_vs_sim_time.png" in written
+    table = pd.read_csv(tmp_path / "table.csv")
+    assert cell(table, "fedavg-fp32", "iid", 0.97)["sim_s_mean"] == 240.0
+    stc = cell(table, "stc", "iid", 0.97)
+    # 80 s and 60 s: sd 14.14, standard error 10, t(0.975, 1 df) = 12.706
+    assert stc["sim_s_mean"] == 70.0 and stc["sim_s_ci95"] == pytest.approx(12.706204736174698 * 10, rel=1e-5)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Simulated time to each target accuracy" in text and "| 0.97 | stc | 2/2 | 7.0 ± 12.7 | 1.2 ± 2.1 |" in text
+
+
+def test_no_simulated_time_section_without_a_network(written, sweep_dir):
+    assert not (sweep_dir / "accuracy_vs_sim_time.png").exists()
+    assert "Simulated time" not in (sweep_dir / "report.md").read_text()

@@ -35,7 +35,7 @@ SMALL = {
 
 def write_fake_run(out_dir: Path, config: Mapping[str, Any], accuracies: Sequence[float], *,
                    up: int | None = None, down: int | None = None, status: str = "completed",
-                   handshake: int = 1000, round_s: float = 2.0) -> dict[str, Any]:
+                   handshake: int = 1000, round_s: float = 2.0, sim_round_s: float | None = None) -> dict[str, Any]:
     """Write a ledger (metrics.csv) and summary.json as the real server would, from given accuracies."""
     out_dir.mkdir(parents=True, exist_ok=True)
     up = BYTES_PER_ROUND.get(config.get("uplink"), 500_000) if up is None else up
@@ -53,7 +53,9 @@ def write_fake_run(out_dir: Path, config: Mapping[str, Any], accuracies: Sequenc
                      "clients_sampled": 10, "clients_ok": 10, "clients_failed": 0, "failures": "",
                      "applied": int(r > 0), "pipeline_up": config.get("uplink"),
                      "pipeline_down": config.get("downlink"), "round_s": 0.0 if r == 0 else round_s,
-                     "wall_s": 5.0 + round_s * r})
+                     "wall_s": 5.0 + round_s * r,
+                     "sim_round_s": "" if sim_round_s is None or r == 0 else sim_round_s,
+                     "cum_sim_s": "" if sim_round_s is None else sim_round_s * r})
     with open(out_dir / "metrics.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
