@@ -63,6 +63,7 @@ class TrainInstruction:
     hang_s: float = 0.0
     bf16_autocast: bool = False
     qat: bool = False  # train the fake-quantized (int8 QAT) graph of the received model
+    catchup: bool = False  # delta downlink: one accumulated update from base to target, not a chain
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrainInstruction:
@@ -138,7 +139,8 @@ def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: Clie
     (delta downlink) a chain of encoded deltas from ``ins.base_version`` to
     ``ins.target_version``, applied in order to the client's stored broadcast
     model (version 0 is the seeded initial model, which every client can
-    rebuild). In delta mode the result is kept as the new broadcast model.
+    rebuild), or with ``ins.catchup`` one accumulated update spanning those
+    versions. In delta mode the result is kept as the new broadcast model.
 
     Raises
     ------
@@ -161,7 +163,11 @@ def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: Clie
         base = {k: v.clone() for k, v in state.broadcast.items()}
     else:
         raise StaleBroadcast(f"client holds version {state.version}, chain starts at {ins.base_version}")
-    if len(payloads) != ins.target_version - ins.base_version:
+    if ins.catchup:
+        if len(payloads) != 1 or ins.target_version <= ins.base_version:
+            raise compression.PayloadError(f"a catch-up is 1 payload for a later version, got {len(payloads)} "
+                                           f"for versions {ins.base_version}->{ins.target_version}")
+    elif len(payloads) != ins.target_version - ins.base_version:
         raise compression.PayloadError(
             f"delta chain has {len(payloads)} payloads for versions {ins.base_version}->{ins.target_version}")
     for p in payloads:

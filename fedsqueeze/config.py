@@ -60,6 +60,7 @@ class RunConfig:
     uplink: str = "stc"
     downlink: str = "stc"
     downlink_mode: str = "delta"
+    downlink_catchup: str = ""
     # server optimizer
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
@@ -214,9 +215,11 @@ class RunConfig:
         need(self.calibration_images >= 1, "calibration-images", "must be >= 1")
         need(not self.out_dir or Path(self.out_dir).is_absolute(), "out-dir",
              "must be an absolute path (the ServerApp runs in the SuperLink's directory)")
-        for key in ("uplink", "downlink"):
+        need(not self.downlink_catchup or self.downlink_mode == "delta", "downlink-catchup",
+             "needs downlink-mode = 'delta'")
+        for key in ("uplink", "downlink") + (("downlink-catchup",) if self.downlink_catchup else ()):
             try:
-                resolve_pipeline(getattr(self, key))
+                resolve_pipeline(getattr(self, key.replace("-", "_")))
             except SpecError as exc:
                 raise ConfigError(f"config key {key!r}: {exc}") from exc
 

@@ -88,6 +88,7 @@ CLIENT_COLUMNS = (
     "uplink_payload_bytes",
     "base_version",
     "target_version",
+    "downlink_kind",
     "train_s",
     "download_s",
     "compute_s",
@@ -118,6 +119,7 @@ class ClientRow:
     uplink_payload_bytes: int = 0
     base_version: int = 0
     target_version: int = 0
+    downlink_kind: str = ""  # chain | catchup | full (server.downlink)
     train_s: float = 0.0
     download_s: float | None = None
     compute_s: float | None = None
@@ -275,7 +277,8 @@ class Ledger:
             "status": c.status, "num_examples": c.num_examples, "local_epochs": c.local_epochs,
             "downlink_bytes": c.downlink_bytes, "uplink_bytes": c.uplink_bytes,
             "downlink_payload_bytes": c.downlink_payload_bytes, "uplink_payload_bytes": c.uplink_payload_bytes,
-            "base_version": c.base_version, "target_version": c.target_version, "train_s": round(c.train_s, 4),
+            "base_version": c.base_version, "target_version": c.target_version, "downlink_kind": c.downlink_kind,
+            "train_s": round(c.train_s, 4),
             "download_s": _opt(c.download_s), "compute_s": _opt(c.compute_s), "upload_s": _opt(c.upload_s),
             "arrival_s": _opt(c.arrival_s),
         } for c in r.clients]

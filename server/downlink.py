@@ -13,6 +13,22 @@ chain of payloads ``s+1..t``; a client never seen before starts from version
 more than a lossless float32 model, or the client's version is unknown (it
 failed), it gets the full float32 model of version ``t`` instead
 (``base_version = -1``).
+
+**Catch-up** (``delta`` mode with a ``catchup`` pipeline): a client that
+missed rounds may instead get *one* payload, the compressed accumulated update
+``C(b_t - m)`` from the model ``m`` it holds, coded once rather than as a chain
+of per-round payloads. The accumulated update is exactly ``b_t - b_s`` (the
+sum of the chain it replaces) plus the client's catch-up error ``e``; what
+``C`` leaves out becomes the client's new error ``e' = (b_t - b_s + e) -
+decode(C(...))`` (per-client downlink error feedback: nothing is lost, it is
+sent later), so the client holds ``m = b_t - e'``. Each client gets the
+cheapest of its chain (which keeps its error as it is), its catch-up payload
+and the float32 model (error 0); exact clients (``e = 0``) at the same
+version share one encoded catch-up payload per round.
+
+Server memory: one float32 copy of the model per client whose error is not
+zero. Not checkpointed, like the clients' own state: after a resume every
+client is treated as never contacted.
 """
 
 from __future__ import annotations
@@ -23,7 +39,9 @@ import torch
 
 import compression
 
-__all__ = ["Broadcast", "Broadcaster"]
+__all__ = ["Broadcast", "Broadcaster", "CHAIN", "CATCHUP", "FULL"]
+
+CHAIN, CATCHUP, FULL = "chain", "catchup", "full"  # how a client is brought to the broadcast model
 
 FULL_MODEL = -1  # base_version meaning "payload is the whole model"
 
@@ -35,6 +53,7 @@ class Broadcast:
     payloads: list[bytes]
     base_version: int
     target_version: int
+    kind: str = CHAIN  # CHAIN (deltas applied in order), CATCHUP (one accumulated update) or FULL
 
 
 @dataclass
@@ -50,6 +69,10 @@ class Broadcaster:
     node_version : dict
         Last version each node confirmed (absent = never contacted = 0,
         -1 = unknown after a failure).
+    catchup : PipelineSpec or None
+        Codec of the accumulated catch-up update; ``None``: chains and full models only.
+    node_error : dict
+        Catch-up error ``e`` of each node (``b_version - model it holds``); absent = 0.
     """
 
     mode: str
@@ -58,8 +81,13 @@ class Broadcaster:
     broadcast: dict[str, torch.Tensor]
     history: list[bytes] = field(default_factory=list)
     node_version: dict[int, int] = field(default_factory=dict)
+    catchup: compression.PipelineSpec | None = None
+    node_error: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     _full: bytes | None = None
     _full_fp32: bytes | None = None
+    _round: int = 0
+    _shared: dict[int, tuple[bytes, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    _pending: dict[int, dict[str, torch.Tensor] | None] = field(default_factory=dict)
 
     @property
     def version(self) -> int:
@@ -68,6 +96,9 @@ class Broadcaster:
     def advance(self, weights: dict[str, torch.Tensor], round_: int) -> None:
         """Prepare this round's broadcast of the global ``weights``."""
         self._full_fp32 = None
+        self._round = round_
+        self._shared.clear()
+        self._pending.clear()
         if self.mode == "full":
             self._full = compression.encode(weights, self.spec, round=round_, seed=self.seed)
             self.broadcast = compression.decode(self._full)
@@ -79,19 +110,66 @@ class Broadcaster:
         self.history.append(payload)
 
     def for_node(self, node_id: int) -> Broadcast:
-        """The cheapest exact way to bring ``node_id`` to the current broadcast model."""
+        """The cheapest way to bring ``node_id`` to the current broadcast model.
+
+        With a ``catchup`` codec the result may be lossy for the client (see the module
+        docstring); the error it would leave is applied by :meth:`confirm`.
+        """
         if self.mode == "full":
             assert self._full is not None, "advance() first"
-            return Broadcast([self._full], FULL_MODEL, FULL_MODEL)
+            return Broadcast([self._full], FULL_MODEL, FULL_MODEL, FULL)
         start = self.node_version.get(node_id, 0)
-        chain = self.history[start:] if start >= 0 else None
         if self._full_fp32 is None:
             self._full_fp32 = compression.encode(self.broadcast, compression.parse_spec("fp32"))
-        if chain is None or sum(map(len, chain)) > len(self._full_fp32):
-            return Broadcast([self._full_fp32], FULL_MODEL, self.version)
-        return Broadcast(list(chain), start, self.version)
+        full = Broadcast([self._full_fp32], FULL_MODEL, self.version, FULL)
+        self._pending[node_id] = None
+        if start < 0:
+            return full
+        chain = self.history[start:]
+        best, cost = Broadcast(list(chain), start, self.version, CHAIN), sum(map(len, chain))
+        error = self.node_error.get(node_id)
+        self._pending[node_id] = error
+        if self.catchup is not None and start < self.version:
+            payload, left = self._catchup_payload(start, error)
+            if len(payload) < cost:
+                best, cost = Broadcast([payload], start, self.version, CATCHUP), len(payload)
+                self._pending[node_id] = left
+        if cost > len(self._full_fp32):
+            self._pending[node_id] = None
+            return full
+        return best
+
+    def _catchup_payload(self, start: int, error: dict[str, torch.Tensor] | None
+                         ) -> tuple[bytes, dict[str, torch.Tensor]]:
+        """``C(b_t - b_start + error)`` and the error it leaves; shared by exact clients at ``start``."""
+        if error is None and start in self._shared:
+            return self._shared[start]
+        target = {k: torch.zeros_like(v) for k, v in self.broadcast.items()}
+        for p in self.history[start:]:  # b_t - b_start: the sum of the chain it replaces
+            for k, v in compression.decode(p).items():
+                target[k] += v
+        if error is not None:
+            for k, v in error.items():
+                target[k] += v
+        assert self.catchup is not None
+        payload = compression.encode(target, self.catchup, round=self._round, seed=self.seed + self._round)
+        left = {k: target[k] - v for k, v in compression.decode(payload).items()}
+        if error is None:
+            self._shared[start] = (payload, left)
+        return payload, left
 
     def confirm(self, node_id: int, ok: bool) -> None:
-        """Record whether ``node_id`` applied its broadcast (delta mode only)."""
-        if self.mode == "delta":
-            self.node_version[node_id] = self.version if ok else -1
+        """Record whether ``node_id`` applied its broadcast (delta mode only).
+
+        Mutates ``node_version`` and ``node_error``: on success the node holds this
+        round's version with the error its broadcast left; on failure its state is
+        unknown (it will get the float32 model).
+        """
+        if self.mode != "delta":
+            return
+        self.node_version[node_id] = self.version if ok else -1
+        error = self._pending.pop(node_id, None) if ok else None
+        if error is None:
+            self.node_error.pop(node_id, None)
+        else:
+            self.node_error[node_id] = error

@@ -35,7 +35,7 @@ from server.exchange import exchange
 from server.aggregate import ServerOptimizer, weighted_mean
 from server.model_stages import run_model_stages
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from server.downlink import Broadcaster
+from server.downlink import CATCHUP, Broadcast, Broadcaster
 from server.protocol import CONFIG, MASK, METRICS, MODEL, payloads_record
 from server.replies import Accepted, Rejected, payload_bound, reply_payload_bytes, screen_reply
 
@@ -232,7 +232,8 @@ def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
         shapes=shapes,
         num_params=num_parameters(model),
         up_spec=up_spec,
-        broadcaster=Broadcaster(cfg.downlink_mode, down_spec, cfg.seed, {k: v.clone() for k, v in weights.items()}),
+        broadcaster=Broadcaster(cfg.downlink_mode, down_spec, cfg.seed, {k: v.clone() for k, v in weights.items()},
+                                catchup=resolve_pipeline(cfg.downlink_catchup) if cfg.downlink_catchup else None),
         optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta1,
                                   cfg.server_beta2, cfg.server_tau),
         ledger=None,
@@ -254,14 +255,15 @@ def _setup_network(run: _Run, num_partitions: int) -> None:
         f"{cfg.round_deadline:g}s, over-select {cfg.over_select:g}")
 
 
-def _instruction(run: _Run, round_: int, base: int, target: int, inject: str, mode: RoundMode) -> TrainInstruction:
+def _instruction(run: _Run, round_: int, bc: Broadcast, inject: str, mode: RoundMode) -> TrainInstruction:
     c = run.cfg
     return TrainInstruction(
         round=round_, seed=c.seed, model=c.model, partition=c.partition, dirichlet_alpha=c.dirichlet_alpha,
         shards_per_client=c.shards_per_client, local_epochs=c.local_epochs, batch_size=c.batch_size,
         lr=mode.lr or c.lr, bf16_autocast=c.bf16_autocast, qat=mode.qat,
         momentum=c.momentum, weight_decay=c.weight_decay, client_threads=c.client_threads, data_dir=c.data_dir,
-        uplink=str(run.up_spec), downlink_mode=c.downlink_mode, base_version=base, target_version=target,
+        uplink=str(run.up_spec), downlink_mode=c.downlink_mode, base_version=bc.base_version,
+        target_version=bc.target_version, catchup=bc.kind == CATCHUP,
         inject=inject, hang_s=c.round_timeout + _HANG_GRACE_S if inject == "hang" else 0.0,
     )
 
@@ -279,7 +281,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     for pid in sampled:
         nid = nodes[pid]
         bc = run.broadcaster.for_node(nid)
-        ins = _instruction(run, round_, bc.base_version, bc.target_version, injections.get(pid, ""), mode)
+        ins = _instruction(run, round_, bc, injections.get(pid, ""), mode)
         key = tuple(id(p) for p in bc.payloads)
         if key not in records:
             records[key] = payloads_record(bc.payloads)
@@ -292,7 +294,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
             partition_id=pid, node_id=nid, status="timeout", local_epochs=cfg.local_epochs,
             num_examples=run.partition_sizes[pid] if run.partition_sizes else 0,
             downlink_payload_bytes=sum(map(len, bc.payloads)) + len(mode.mask_payload),
-            base_version=bc.base_version, target_version=bc.target_version)
+            base_version=bc.base_version, target_version=bc.target_version, downlink_kind=bc.kind)
     row = RoundRow(round=round_, test_accuracy=None, test_loss=None, clients_sampled=len(sampled), phase=mode.phase,
                    clients_unavailable=unavailable)
     for msg, size in zip(messages, each_message_bytes(messages)):
