@@ -53,6 +53,7 @@ class RunConfig:
     local_epochs: int = 5
     batch_size: int = 10
     lr: float = 0.05
+    lr_decay: float = 1.0
     momentum: float = 0.0
     weight_decay: float = 0.0
     client_threads: int = 1
@@ -169,6 +170,7 @@ class RunConfig:
         need(self.local_epochs >= 1, "local-epochs", "must be >= 1")
         need(self.batch_size >= 1, "batch-size", "must be >= 1")
         need(self.lr > 0, "lr", "must be > 0")
+        need(0 < self.lr_decay <= 1, "lr-decay", "must be in (0, 1] (1 = constant learning rate)")
         need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         need(self.weight_decay >= 0, "weight-decay", "must be >= 0")
         need(self.client_threads >= 1, "client-threads", "must be >= 1")

@@ -257,10 +257,12 @@ def _setup_network(run: _Run, num_partitions: int) -> None:
 
 def _instruction(run: _Run, round_: int, bc: Broadcast, inject: str, mode: RoundMode) -> TrainInstruction:
     c = run.cfg
+    # lr-decay shapes the training rounds; the model-compression stages set their own rate
+    lr = mode.lr or (c.lr * c.lr_decay ** (round_ - 1) if mode.phase == "train" else c.lr)
     return TrainInstruction(
         round=round_, seed=c.seed, model=c.model, partition=c.partition, dirichlet_alpha=c.dirichlet_alpha,
         shards_per_client=c.shards_per_client, local_epochs=c.local_epochs, batch_size=c.batch_size,
-        lr=mode.lr or c.lr, bf16_autocast=c.bf16_autocast, qat=mode.qat,
+        lr=lr, bf16_autocast=c.bf16_autocast, qat=mode.qat,
         momentum=c.momentum, weight_decay=c.weight_decay, client_threads=c.client_threads, data_dir=c.data_dir,
         uplink=str(run.up_spec), downlink_mode=c.downlink_mode, base_version=bc.base_version,
         target_version=bc.target_version, catchup=bc.kind == CATCHUP,

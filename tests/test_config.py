@@ -49,3 +49,19 @@ def test_unknown_preset_lists_the_bundled_ones():
 def test_parse_value_follows_toml():
     assert parse_value("3") == 3 and parse_value("0.5") == 0.5 and parse_value("true") is True
     assert parse_value('"a b"') == "a b" and parse_value("stc") == "stc"
+
+
+def test_lr_decay_shapes_training_rounds_only(tmp_path):
+    from fedsqueeze.config import ConfigError, RunConfig
+    from server.downlink import Broadcast
+    from server.federation import RoundMode, _instruction, _setup
+
+    import pytest
+
+    run = _setup(RunConfig.from_mapping({"model": "seed-cnn", "lr": 0.1, "lr-decay": 0.5}), tmp_path)
+    bc = Broadcast([], 0, 1)
+    assert [_instruction(run, r, bc, "", RoundMode()).lr for r in (1, 2, 3)] == [0.1, 0.05, 0.025]
+    assert _instruction(run, 3, bc, "", RoundMode(phase="finetune-0.5")).lr == 0.1
+    assert _instruction(run, 3, bc, "", RoundMode(phase="qat", lr=0.01)).lr == 0.01
+    with pytest.raises(ConfigError, match="lr-decay"):
+        RunConfig.from_mapping({"lr-decay": 0.0})
