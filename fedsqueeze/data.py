@@ -383,17 +383,25 @@ def load_mnist(
 def _load_configured(root: Path, setting: str, cache: Path) -> Mnist:
     raw, paths = _from_configured_dir(root, setting)
     how = f"read from {setting} {root}"
-    prov = _provenance(setting, str(root), how, None, paths)
-    try:  # a later run without data-dir can start from these verified files
+    # The files are verified; serve their arrays memory-mapped from the cache (shared by every
+    # process on the machine) once the cache is proven to hold the same bytes: it must hash to the
+    # same published digests. A missing or different cache is rewritten from these files first.
+    arrays = None
+    try:
         try:
-            present = _read_cache(cache) is not None
+            cached = _read_cache(cache)
         except _CacheMismatch:
-            present = False
-        if not present:
-            _write_cache(cache, raw, prov)
-    except OSError as exc:  # the cache is an optimization; this run has its data already
-        logger.warning("MNIST: could not write the cache in %s: %s", cache, exc)
-    return Mnist(**_decode(raw), source=f"{how} (4 files, SHA-256 verified)", provenance=prov)
+            cached = None
+        if cached is None:
+            _write_cache(cache, raw, {"source": setting, "path": str(root), "how": how})
+            cached = _read_cache(cache)
+        arrays = cached[0] if cached else None
+    except (OSError, _CacheMismatch) as exc:  # the cache is an optimization; the files are here
+        logger.warning("MNIST: cache %s not usable (%s); decoding %s in memory", cache, exc, root)
+    prov = _provenance(setting, str(root), how, cache if arrays is not None else None, paths)
+    if arrays is None:
+        arrays = _decode(raw)
+    return Mnist(**arrays, source=f"{how} (4 files, SHA-256 verified)", provenance=prov)
 
 
 def _load_unconfigured(cache: Path, allow_download: bool, timeout_s: float) -> Mnist:
@@ -458,8 +466,9 @@ def data_provenance(data_dir: str | os.PathLike[str] | None = None,
     ``how`` (one sentence), ``sha256_verified`` (always true: unverified data is
     never returned), ``sha256`` (the published digests matched), ``files`` (the
     file read for each, when read from IDX files), ``cache`` (the ``.npy`` cache
-    folder used or written, ``None`` when a configured directory was read) and,
-    for the cache, ``cache_origin`` (the provenance recorded when it was built).
+    folder the arrays are memory-mapped from, verified to hold the same bytes;
+    ``None`` if they were decoded in memory) and, when no directory is configured
+    and the cache is the source, ``cache_origin`` (what it was built from).
     """
     return json.loads(json.dumps(dict(load_mnist(data_dir, cache_dir).provenance)))
 

@@ -108,7 +108,21 @@ def test_configured_dir_is_used_even_when_a_cache_exists(tmp_path, mnist):
     assert got.provenance["source"] == "data-dir" and got.provenance["path"] == str(src)
     assert set(got.provenance["files"]) == set(MNIST_FILES)
     assert all(f.startswith(str(src)) for f in got.provenance["files"].values())
-    assert got.provenance["cache"] is None  # the cache was not read
+    np.testing.assert_array_equal(got.train_labels, mnist.train_labels)
+
+
+def test_configured_dir_repairs_a_tampered_cache_before_mapping_it(tmp_path, mnist):
+    cache = _cached(tmp_path, mnist)
+    labels = data._cache_paths(cache)["train_labels"]
+    raw = bytearray(labels.read_bytes())
+    raw[-1] = (raw[-1] + 1) % 10
+    labels.write_bytes(bytes(raw))
+    (tmp_path / "d").mkdir()
+    src = _write_idx_dir(tmp_path / "d", mnist)
+    got = load_mnist(src, cache, allow_download=False)
+    assert got.provenance["source"] == "data-dir" and got.provenance["cache"] == str(cache / "mnist-v1")
+    np.testing.assert_array_equal(got.train_labels, mnist.train_labels)  # not the tampered label
+    assert data._read_cache(cache) is not None  # rewritten from the verified files
 
 
 @pytest.mark.parametrize("layout, reason", [("missing", "does not exist"), ("empty", "is empty"),
