@@ -227,15 +227,17 @@ def _fmt_s(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
-_ROUND_LINE = re.compile(r"^\[fedsqueeze\] round (\d+)\b")
+# The one summary line per round ("round 3: acc=..." / "round 12 [finetune-0.5]: acc=..."),
+# not the other lines that mention a round (rejected replies, timeouts).
+_ROUND_LINE = re.compile(r"^\[fedsqueeze\] round (\d+)(?: \[[^\]]+\])?: acc=")
 
 
 class Progress:
     """Round counter and ETA appended to the ServerApp's round lines.
 
-    The ETA is the mean duration of the rounds seen so far (measured from the
-    round-0 line, i.e. after setup and the initial evaluation) times the rounds
-    left. With ``stop-at-accuracy`` the run may end sooner.
+    The ETA is the mean duration of the rounds seen so far (timed from the
+    first round line, i.e. after setup and the initial evaluation) times the
+    rounds left. With ``stop-at-accuracy`` the run may end sooner.
 
     Parameters
     ----------
@@ -250,27 +252,21 @@ class Progress:
         stage_rounds = len(cfg.prune_levels) * cfg.finetune_rounds + cfg.qat_rounds if cfg.model_stages else 0
         self.total = cfg.num_server_rounds + stage_rounds
         self.clock = clock
-        self.started: float | None = None
-        self.done = 0
+        self.first: tuple[int, float] | None = None  # (round, time) of the first round line seen
 
     def annotate(self, line: str) -> str:
         """``line`` unchanged, or a round line with ``[k/N rounds, elapsed, ETA]`` appended."""
         match = _ROUND_LINE.match(line)
         if not match:
             return line
-        now = self.clock()
-        if int(match.group(1)) == 0 and self.started is None:
-            self.started = now
-            return line
-        if self.started is None:  # resumed run: no round-0 line; time from the first round seen
-            self.started = now
-            self.done += 1
-            return line.rstrip("\n") + f"  [{self.done}/{self.total} rounds]\n"
-        self.done += 1
-        elapsed = now - self.started
-        left = max(self.total - self.done, 0)
-        eta = f"ETA {_fmt_s(elapsed / self.done * left)}" if left else "last round"
-        return line.rstrip("\n") + f"  [{self.done}/{self.total} rounds, {_fmt_s(elapsed)} elapsed, {eta}]\n"
+        round_, now = int(match.group(1)), self.clock()
+        if self.first is None:  # round 0, or the first round after a resume: the clock starts
+            self.first = (round_, now)
+            return line if round_ == 0 else line.rstrip("\n") + f"  [{round_}/{self.total} rounds]\n"
+        timed, elapsed = round_ - self.first[0], now - self.first[1]
+        left = max(self.total - round_, 0)
+        eta = f"ETA {_fmt_s(elapsed / max(timed, 1) * left)}" if left else "last round"
+        return line.rstrip("\n") + f"  [{round_}/{self.total} rounds, {_fmt_s(elapsed)} elapsed, {eta}]\n"
 
 
 def run_experiment(

@@ -242,6 +242,16 @@ def test_progress_appends_rounds_and_eta():
     now[0] = 190.0
     assert progress.annotate("[fedsqueeze] round 2: acc=0.7\n").endswith("[2/4 rounds, 1m30s elapsed, ETA 1m30s]\n")
     assert progress.annotate("other line\n") == "other line\n"
+    # Lines that mention a round but are not its summary do not count.
+    assert progress.annotate("[fedsqueeze] round 3: rejected node 7 (partition 2): norm: ...\n").endswith("...\n")
+    now[0] = 250.0
+    assert progress.annotate("[fedsqueeze] round 3 [finetune-0.5]: acc=0.8\n").endswith(
+        "[3/4 rounds, 2m30s elapsed, ETA 50s]\n")
+    # A resumed run starts the clock at its first round line.
+    resumed = runner.Progress({"num-server-rounds": 10}, clock=lambda: now[0])
+    assert resumed.annotate("[fedsqueeze] round 6: acc=0.9\n").endswith("[6/10 rounds]\n")
+    now[0] = 260.0
+    assert resumed.annotate("[fedsqueeze] round 7: acc=0.9\n").endswith("[7/10 rounds, 10s elapsed, ETA 30s]\n")
     # Model-compression rounds are planned too: 2 prune levels x 3 fine-tune rounds + 2 QAT rounds.
     staged = runner.Progress({"num-server-rounds": 4, "prune-targets": "0.5,0.8", "finetune-rounds": 3,
                               "qat-rounds": 2, "model-quant": "qat-int8"})
