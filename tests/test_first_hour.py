@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -398,8 +399,6 @@ def test_readme_flower_way_command_runs_and_cleans_up(tmp_path):
         assert _wait_gone(marker) == [], "processes left after stopping the local SuperLink"
     finally:
         _kill(_marked(marker))
-        import shutil
-
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
