@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
+# torchao registers an Enum as a pytree constant at import; torch logs a deprecation
+# warning about it in every process. Not actionable here, so silenced before the import.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 

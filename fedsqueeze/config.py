@@ -3,6 +3,11 @@
 Keys are the kebab-case names of ``[tool.flwr.app.config]`` in
 ``pyproject.toml``; :meth:`RunConfig.from_mapping` maps them onto the fields
 below (``-`` → ``_``), rejects unknown keys and wrong types, and checks ranges.
+
+Run presets (``fedsqueeze/presets/*.toml``) are flat tables of the same keys.
+Both entry points use them: ``python -m simulations.run stc`` and the
+``preset`` key of ``flwr run . --run-config "preset='stc' ..."``, which the
+ServerApp expands with :func:`expand_preset` (explicit keys win).
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "RunConfig", "load_toml_overrides", "parse_value", "resolve_pipeline"]
+__all__ = ["ConfigError", "RunConfig", "PRESET_DIR", "expand_preset", "load_preset", "load_toml_overrides",
+           "parse_value", "preset_names", "preset_path", "resolve_pipeline"]
 
 TARGETS = (0.97, 0.98, 0.985, 0.99)
 PRUNE_METHODS = ("global-l1", "layer-l1", "structured-l2", "taylor")
 QUANT_STAGES = ("static-int8", "qat-int8", "dynamic-int8", "bf16", "fp16")
+#: The bundled run presets; package data, and inside the FAB (fab-include fedsqueeze/**).
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
 class ConfigError(ValueError):
@@ -32,6 +40,7 @@ class RunConfig:
 
     # experiment identity
     name: str = "stc"
+    preset: str = ""
     seed: int = 0
     out_dir: str = ""
     resume: bool = False
@@ -215,6 +224,8 @@ class RunConfig:
         need("qat-int8" not in self.quant_stages or self.qat_rounds >= 1, "model-quant", "qat-int8 needs qat-rounds >= 1")
         need(self.stage_clients >= 1, "stage-clients", "must be >= 1")
         need(self.calibration_images >= 1, "calibration-images", "must be >= 1")
+        if self.preset:
+            preset_path(self.preset)  # raises ConfigError naming the bundled presets
         need(not self.out_dir or Path(self.out_dir).is_absolute(), "out-dir",
              "must be an absolute path (the ServerApp runs in the SuperLink's directory)")
         need(not self.downlink_catchup or self.downlink_mode == "delta", "downlink-catchup",
@@ -260,3 +271,74 @@ def load_toml_overrides(path: str | Path) -> dict[str, Any]:
     if nested:
         raise ConfigError(f"{path}: expected a flat table of config keys, found tables {nested}")
     return data
+
+
+def preset_names() -> list[str]:
+    """Names of the bundled presets (``fedsqueeze/presets/*.toml``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def preset_path(preset: str | Path) -> Path:
+    """The TOML file of a bundled preset name (``stc``) or of a path ending in ``.toml``.
+
+    Raises
+    ------
+    ConfigError
+        No such bundled preset or file; the message lists the bundled ones.
+    """
+    text = str(preset)
+    path = Path(text) if text.endswith(".toml") else PRESET_DIR / f"{text}.toml"
+    if not text.strip() or not path.is_file():
+        raise ConfigError(f"unknown preset {text!r}; bundled presets: {', '.join(preset_names())}"
+                          + (" (a preset file must be an existing .toml path; the ServerApp resolves relative "
+                             "paths from the SuperLink's directory, so give an absolute one)"
+                             if text.endswith(".toml") else ""))
+    return path
+
+
+def load_preset(preset: str | Path) -> dict[str, Any]:
+    """The run-config keys of a preset (name or ``.toml`` path), not yet validated.
+
+    Raises
+    ------
+    ConfigError
+        Unknown preset, a nested table, or a ``preset`` key inside the preset.
+    """
+    values = load_toml_overrides(preset_path(preset))
+    if "preset" in values:
+        raise ConfigError(f"preset {str(preset)!r} sets 'preset' itself; presets do not nest")
+    return values
+
+
+def expand_preset(run_config: Mapping[str, Any], explicit: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Apply a run config's ``preset`` key: defaults < preset file < explicitly given keys.
+
+    Parameters
+    ----------
+    run_config
+        The full run config Flower hands the ServerApp (``[tool.flwr.app.config]``
+        with the run's overrides applied).
+    explicit
+        The keys the user gave for this run (Flower's ``Run.override_config``).
+        ``None`` when unknown: then every key whose value differs from
+        :class:`RunConfig`'s default counts as given.
+
+    Returns
+    -------
+    dict
+        ``run_config`` with the preset's keys filled in where the user did not set them;
+        ``preset`` keeps its value so the summary records it. Without ``preset``, a copy.
+
+    Raises
+    ------
+    ConfigError
+        Unknown preset (the message lists the bundled ones).
+    """
+    preset = run_config.get("preset", "")
+    if not preset:
+        return dict(run_config)
+    if explicit is None:
+        defaults = RunConfig().to_mapping()
+        explicit = {k: v for k, v in run_config.items() if defaults.get(k, object()) != v}
+    given = {k: run_config[k] for k in explicit if k in run_config}
+    return {**run_config, **load_preset(preset), **given}

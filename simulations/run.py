@@ -1,11 +1,11 @@
 """One-command blocking runner: ``python -m simulations.run PRESET [key=value ...] --out DIR``.
 
-It runs exactly what ``flwr run . --stream`` runs — same app, same run config —
+It runs exactly what ``flwr run . --stream`` runs (same app, same run config)
 against a private simulation SuperLink that it starts on a free loopback port
-(own ``FLWR_HOME``, no runtime dependency install) and stops by PID when the
-run ends, fails or is interrupted. Success is judged by the run's own
-``summary.json`` (``status == "completed"``) and by ``flwr ls``, because
-``flwr run --stream`` exits 0 even when the run failed.
+(own ``FLWR_HOME``, no runtime dependency install, a private Ray temp folder)
+and stops by PID when the run ends, fails or is interrupted. Success is judged
+by the run's own ``summary.json`` (``status == "completed"``) and by
+``flwr ls``, because ``flwr run --stream`` exits 0 even when the run failed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,23 +28,36 @@ from typing import Any
 
 import httpx
 
-from fedsqueeze.config import ConfigError, RunConfig, load_toml_overrides, parse_value
+from fedsqueeze.config import PRESET_DIR, ConfigError, RunConfig, load_preset, parse_value, preset_names
 from fedsqueeze.ledger import git_revision
 
 __all__ = ["APP_DIR", "PRESET_DIR", "RunFailed", "resolve_overrides", "run_experiment", "private_superlink", "stop_tree",
-           "descendants", "main"]
+           "descendants", "is_noise", "Progress", "parse_cli", "main"]
 
 APP_DIR = Path(__file__).resolve().parent.parent
-PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+# Lines of Flower's, Ray's and torch's own output that say nothing about this run:
+# an unconditional notice about a default this runner never uses (it always passes
+# num-supernodes) with its resize hint, the actor pool's shutdown message, and a
+# torch pytree registration warning (with the source line it quotes). Everything else,
+# warnings included, is shown.
+_NOISE = re.compile(
+    r"default simulated SuperNodes changed from"
+    r"|To change federation size, use the following command"
+    r"|flwr federation simulation-config \S+ <superlink> --num-supernodes"
+    r"|Manually terminating ClientAppActor"
+    r"|KernelPreference"
+    r"|^\s*_pytree\.register_constant\(|^\s*torch\.utils\._pytree\.register_constant\("
+)
+
+
+def is_noise(line: str) -> bool:
+    """True for the few known lines of third-party output the runner hides (see ``_NOISE``)."""
+    return bool(_NOISE.search(line))
 
 
 class RunFailed(RuntimeError):
     """The Flower run did not complete (see the log lines in the message)."""
-
-
-def preset_names() -> list[str]:
-    """Names of the bundled presets (``simulations/presets/*.toml``)."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
 def resolve_overrides(preset: str | None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -57,13 +71,11 @@ def resolve_overrides(preset: str | None, overrides: Mapping[str, Any] | None = 
         Unknown preset, unknown key, bad type or value.
     """
     merged: dict[str, Any] = {}
+    if overrides and "preset" in overrides:
+        raise ConfigError("the preset is the first argument here (python -m simulations.run PRESET ...), "
+                          "not a preset= override")
     if preset:
-        path = Path(preset)
-        if not path.suffix:
-            path = PRESET_DIR / f"{preset}.toml"
-        if not path.is_file():
-            raise ConfigError(f"unknown preset {preset!r}; bundled presets: {', '.join(preset_names())}")
-        merged.update(load_toml_overrides(path))
+        merged.update(load_preset(preset))
     merged.update(overrides or {})
     return RunConfig.from_mapping(merged).to_mapping()
 
@@ -208,6 +220,55 @@ def _toml_value(v: Any) -> str:
     return json.dumps(v) if isinstance(v, str) else ("true" if v is True else "false" if v is False else repr(v))
 
 
+def _fmt_s(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+# The one summary line per round ("round 3: acc=..." / "round 12 [finetune-0.5]: acc=..."),
+# not the other lines that mention a round (rejected replies, timeouts).
+_ROUND_LINE = re.compile(r"^\[fedsqueeze\] round (\d+)(?: \[[^\]]+\])?: acc=")
+
+
+class Progress:
+    """Round counter and ETA appended to the ServerApp's round lines.
+
+    The ETA is the mean duration of the rounds seen so far (timed from the
+    first round line, i.e. after setup and the initial evaluation) times the
+    rounds left. With ``stop-at-accuracy`` the run may end sooner.
+
+    Parameters
+    ----------
+    config
+        The validated kebab-case run config (for the number of rounds).
+    clock
+        Monotonic seconds; injectable for tests.
+    """
+
+    def __init__(self, config: Mapping[str, Any], clock: Any = time.monotonic) -> None:
+        cfg = RunConfig.from_mapping(config)
+        stage_rounds = len(cfg.prune_levels) * cfg.finetune_rounds + cfg.qat_rounds if cfg.model_stages else 0
+        self.total = cfg.num_server_rounds + stage_rounds
+        self.clock = clock
+        self.first: tuple[int, float] | None = None  # (round, time) of the first round line seen
+
+    def annotate(self, line: str) -> str:
+        """``line`` unchanged, or a round line with ``[k/N rounds, elapsed, ETA]`` appended."""
+        match = _ROUND_LINE.match(line)
+        if not match:
+            return line
+        round_, now = int(match.group(1)), self.clock()
+        if self.first is None:  # round 0, or the first round after a resume: the clock starts
+            self.first = (round_, now)
+            return line if round_ == 0 else line.rstrip("\n") + f"  [{round_}/{self.total} rounds]\n"
+        timed, elapsed = round_ - self.first[0], now - self.first[1]
+        left = max(self.total - round_, 0)
+        eta = f"ETA {_fmt_s(elapsed / max(timed, 1) * left)}" if left else "last round"
+        return line.rstrip("\n") + f"  [{round_}/{self.total} rounds, {_fmt_s(elapsed)} elapsed, {eta}]\n"
+
+
 def run_experiment(
     config: Mapping[str, Any],
     out_dir: Path,
@@ -240,31 +301,46 @@ def run_experiment(
     total_cpus = total_cpus or os.cpu_count() or 1
     become_subreaper()
     before = set(descendants(os.getpid()))
-    with tempfile.TemporaryDirectory(prefix="fedsqueeze-flwr-") as tmp:
-        run_toml = Path(tmp) / "run-config.toml"
-        run_toml.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in config.items()))
-        rev = git_revision() or ""
-        link_env = {"FEDSQUEEZE_GIT_REV": rev, **({"RAY_ADDRESS": ray_address} if ray_address else {})}
-        federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"
-        if not ray_address:
-            federation += f" init-args-num-cpus={total_cpus}"
-        with private_superlink(Path(tmp) / "flwr-home", link_env) as conn:
-            cmd = [executable("flwr"), "run", str(APP_DIR), conn, "--stream", "--run-config", str(run_toml),
-                   "--federation-config", federation]
-            env = {**os.environ, "FLWR_HOME": str(Path(tmp) / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True)
-            tail: list[str] = []
-            try:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    tail = (tail + [line.rstrip()])[-40:]
-                    if not quiet or line.startswith("[fedsqueeze]"):
-                        print(line, end="", flush=True)
-                proc.wait(timeout_s)
-            finally:
-                stop_tree(proc)
-    reap_orphans(keep=before)
+    progress = Progress(config)
+    # Ray's session folder (logs, sockets, spilled objects) goes under a private RAY_TMPDIR
+    # that is removed afterwards, instead of piling up in /tmp/ray. Short path: Ray puts unix
+    # sockets in it. Not when attaching to a cluster: that session belongs to the cluster.
+    ray_tmp = None if ray_address else tempfile.mkdtemp(prefix="fsqray-", dir="/tmp")
+    tail: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="fedsqueeze-flwr-") as tmp:
+            run_toml = Path(tmp) / "run-config.toml"
+            run_toml.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in config.items()))
+            rev = git_revision() or ""
+            link_env = {"FEDSQUEEZE_GIT_REV": rev,
+                        # Ray warns on every start unless this is set; 0 keeps its current behaviour.
+                        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0"),
+                        **({"RAY_ADDRESS": ray_address} if ray_address else {"RAY_TMPDIR": str(ray_tmp)})}
+            federation = f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"
+            if not ray_address:
+                federation += f" init-args-num-cpus={total_cpus}"
+            with private_superlink(Path(tmp) / "flwr-home", link_env) as conn:
+                cmd = [executable("flwr"), "run", str(APP_DIR), conn, "--stream", "--run-config", str(run_toml),
+                       "--federation-config", federation]
+                env = {**os.environ, "FLWR_HOME": str(Path(tmp) / "flwr-home"), "FLWR_DISABLE_UPDATE_CHECK": "1"}
+                proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)
+                try:
+                    assert proc.stdout is not None
+                    for line in proc.stdout:
+                        tail = (tail + [line.rstrip()])[-40:]
+                        if is_noise(line):
+                            continue
+                        if not quiet or line.startswith("[fedsqueeze]"):
+                            print(progress.annotate(line), end="", flush=True)
+                    proc.wait(timeout_s)
+                finally:
+                    stop_tree(proc)
+        reap_orphans(keep=before)
+    finally:
+        # After every process is stopped, so nothing re-creates files in it.
+        if ray_tmp:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     summary_path = out_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if summary.get("status") != "completed":
@@ -273,39 +349,97 @@ def run_experiment(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations.run", description=__doc__.splitlines()[0])
-    parser.add_argument("preset", help=f"preset name ({', '.join(preset_names())}) or a TOML file")
-    parser.add_argument("overrides", nargs="*", help="key=value run-config overrides")
-    parser.add_argument("--out", required=True, help="results directory (metrics.csv, summary.json)")
-    parser.add_argument("--num-supernodes", type=int, default=100)
+_DESCRIPTION = """\
+Run one FedSqueeze federation through Flower's CLI (flwr run) on a private
+local SuperLink, wait for it, stop everything it started, and print the result.
+
+Give one preset and any number of key=value overrides, with the options, in
+any order:
+  python -m simulations.run stc num-server-rounds=10 --out runs/x model=seed-cnn
+"""
+
+_EPILOG = """\
+Run-config keys: every key, its default and its meaning is listed in
+[tool.flwr.app.config] of pyproject.toml (README, "Configuration").
+Values are TOML; here a bare word is taken as a string (model=seed-cnn),
+whereas flwr run --run-config needs strings quoted (model='seed-cnn').
+Presets are fedsqueeze/presets/*.toml.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        # argparse's own wording ("unrecognized arguments: ...") does not say what is accepted.
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n"
+                     f"Accepted: one preset ({', '.join(preset_names())}) or a .toml file, key=value run-config "
+                     "overrides and the options above, in any order; see --help.\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m simulations.run", description=_DESCRIPTION, epilog=_EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("items", nargs="+", metavar="PRESET|key=value",
+                        help=f"one preset ({', '.join(preset_names())}, or a .toml file of run-config keys) "
+                             "and key=value run-config overrides")
+    parser.add_argument("--out", required=True, help="results directory (metrics.csv, summary.json, checkpoint/)")
+    parser.add_argument("--num-supernodes", type=int, default=100, metavar="N",
+                        help="simulated clients (Flower SuperNodes), one MNIST partition each (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="only FedSqueeze's own progress lines")
     parser.add_argument("--ray-address", default=None,
                         help="attach the simulation to this running Ray cluster (GCS host:port)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint (same config)")
-    args = parser.parse_args(argv)
-    # SIGTERM must unwind through the finally blocks that stop the SuperLink.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    overrides = {}
-    for item in args.overrides:
+    return parser
+
+
+def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, str, dict[str, Any]]:
+    """Parse the command line: (options, preset, overrides). Positionals and options may interleave.
+
+    Exits with status 2 and a message naming the problem on a bad command line.
+    """
+    parser = _parser()
+    args, extra = parser.parse_known_intermixed_args(argv)
+    unknown = [item for item in extra if item.startswith("-")]
+    if unknown:
+        parser.error(f"unknown option(s) {' '.join(unknown)}")
+    args.items = [*args.items, *extra]
+    presets = [item for item in args.items if "=" not in item]
+    if len(presets) != 1:
+        parser.error(f"expected exactly one preset, got {len(presets)}: {' '.join(presets) or '(none)'} "
+                     "(overrides are key=value)")
+    overrides: dict[str, Any] = {}
+    for item in args.items:
         key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"override {item!r} is not key=value")
-        overrides[key.strip()] = parse_value(value.strip())
+        if sep:
+            if not key.strip():
+                parser.error(f"override {item!r} has no key")
+            overrides[key.strip()] = parse_value(value.strip())
     if args.resume:
         overrides["resume"] = True
+    return args, presets[0], overrides
+
+
+def _target_text(targets: Mapping[str, Any], target: str = "0.99") -> str:
+    hit = targets.get(target)
+    return f"first >={target} at round {hit['round']}" if hit else f">={target} not reached"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point (see ``--help``)."""
+    args, preset, overrides = parse_cli(argv)
+    # SIGTERM must unwind through the finally blocks that stop the SuperLink.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        config = resolve_overrides(args.preset, overrides)
+        config = resolve_overrides(preset, overrides)
         summary = run_experiment(config, Path(args.out), num_supernodes=args.num_supernodes, quiet=args.quiet,
                                  ray_address=args.ray_address)
     except (ConfigError, RunFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    t = summary["targets"]
     print(f"{summary['name']}: final acc {summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}) "
           f"after {summary['rounds_completed']} rounds; uplink {summary['cum_uplink_bytes']:,} B, "
-          f"downlink {summary['cum_downlink_bytes']:,} B; first >=0.99 at round "
-          f"{t['0.99']['round'] if t['0.99'] else 'never'}; results in {Path(args.out).resolve()}")
+          f"downlink {summary['cum_downlink_bytes']:,} B; {_target_text(summary['targets'])}; "
+          f"results in {Path(args.out).resolve()}")
     return 0
 
 

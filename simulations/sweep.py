@@ -15,7 +15,7 @@ config that has since changed (their folder is kept as ``<id>.stale-N``).
 Sweep file (TOML)::
 
     name = "mcmahan-iid-shards"        # default sweep dir: runs/sweeps/<name>
-    presets = ["fedavg-fp32", "q8"]    # names in simulations/presets or TOML paths
+    presets = ["fedavg-fp32", "q8"]    # names in fedsqueeze/presets or TOML paths
     seeds = [0, 1, 2]
     num-supernodes = 100               # simulated clients
     [overrides]                        # run-config keys applied to every run
