@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsqueeze.config import RunConfig
+
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CheckpointError"]
 
 _DIR, _FORMAT = "checkpoint", 1
@@ -113,9 +115,13 @@ def load_checkpoint(out_dir: Path, config: dict[str, Any]) -> Checkpoint | None:
         state = json.loads((root / "state.json").read_text())
         if state.get("format") != _FORMAT:
             raise CheckpointError(f"checkpoint format {state.get('format')} != {_FORMAT}")
-        ignored = {"resume", "out-dir", "num-server-rounds"}
+        # preset: how the keys were given, not what they are (the expanded keys are compared)
+        ignored = {"resume", "out-dir", "num-server-rounds", "preset"}
+        # a key newer than the checkpoint was at its default when it was written
+        defaults = RunConfig().to_mapping()
         mine = {k: v for k, v in config.items() if k not in ignored}
-        theirs = {k: v for k, v in state["config"].items() if k not in ignored}
+        theirs = {k: state["config"].get(k, defaults.get(k)) for k in mine}
+        theirs.update({k: v for k, v in state["config"].items() if k not in ignored})
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             raise CheckpointError(f"checkpoint in {out_dir} was made with a different config (keys {diff})")

@@ -24,7 +24,7 @@ import compression
 from client.local_round import TrainInstruction, mask_state
 from fedsqueeze import netsim
 from fedsqueeze.config import RunConfig, resolve_pipeline
-from fedsqueeze.data import load_mnist, test_tensors
+from fedsqueeze.data import data_provenance, load_mnist, test_tensors
 from fedsqueeze.partition import describe, label_counts, partition
 from fedsqueeze.ledger import (ClientRow, Ledger, RoundRow, accuracy, evaluated, git_revision, package_versions,
                                targets_reached, write_summary)
@@ -184,6 +184,7 @@ class _Run:
             "name": self.cfg.name,
             "seed": self.cfg.seed,
             "config": self.cfg.to_mapping(),
+            "data": data_provenance(self.cfg.data_dir or None),
             "pipeline_up": str(self.up_spec),
             "pipeline_down": str(self.broadcaster.spec),
             "num_params": self.num_params,

@@ -55,7 +55,7 @@ PLOTS = {
 # drawn when the runs simulated client networks (``network`` set)
 SIM_PLOT = {"accuracy_vs_sim_time.png": ("sim", "simulated time (min, log scale)")}
 # settings that identify a run rather than describe the experiment
-_IDENTITY_KEYS = {"name", "seed", "out-dir", "data-dir"}
+_IDENTITY_KEYS = {"name", "seed", "out-dir", "data-dir", "preset"}
 PARTIAL_MARK = "†"
 
 
