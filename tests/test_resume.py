@@ -44,6 +44,7 @@ def uninterrupted(tmp_path_factory):
     return read_rows(out)
 
 
+@pytest.mark.slow  # Ray worker processes; tests/test_server_loop.py resumes in-process (delta mode)
 def test_stopped_then_resumed_equals_uninterrupted(tmp_path, uninterrupted):
     run_inprocess({**FP32, "num-server-rounds": 2}, tmp_path)
     summary, _ = run_inprocess({**FP32, "resume": True}, tmp_path)
