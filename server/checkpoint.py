@@ -89,8 +89,9 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     old = Path(out_dir) / f".{_DIR}.old"
-    shutil.rmtree(old, ignore_errors=True)
     if final.exists():
+        # Only now: without ``final``, ``old`` is the recovered checkpoint and must outlive the swap.
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(staging, final)
     shutil.rmtree(old, ignore_errors=True)

@@ -133,3 +133,103 @@ def assert_same_ledgers(a: list[dict[str, str]], b: list[dict[str, str]], envelo
                 assert abs(int(ra[key]) - int(rb[key])) <= bound, (ra["round"], key)
             else:
                 assert ra[key] == rb[key], (ra["round"], key)
+
+
+class DirectGrid(Grid):
+    """A Grid that hands each message straight to the real ClientApp, in this process.
+
+    No Ray and no worker processes: the quick test loop can afford several
+    federations with it. What it keeps of Flower's simulation engine: every
+    message crosses a serialization boundary (Flower's own deflate/inflate of
+    its content-addressed objects, so the client never sees the server's
+    objects), each node has its own ``Context`` (``partition-id``,
+    ``num-partitions``, persistent ``state``), a ClientApp that raises yields
+    an error reply with code 2 and leaves the node's state as it was, and a
+    reply is pulled once. What it drops: process isolation, concurrency and
+    timeouts (a ``hang`` injection would really sleep; don't use it here).
+    ``exchanges`` records (sent, replies) per push like :class:`RecordingGrid`.
+    """
+
+    def __init__(self, num_nodes: int, first_node_id: int = 1001):
+        from flwr.app import Context, RecordDict
+        from flwr.common.constant import SUPERLINK_NODE_ID
+        from flwr.supercore.task_identity import TaskIdentity
+
+        # Messages built outside the runtime need a task identity first.
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+        self.contexts = {
+            first_node_id + i: Context(run_id=1, node_id=first_node_id + i, state=RecordDict(), run_config={},
+                                       node_config={"partition-id": i, "num-partitions": num_nodes})
+            for i in range(num_nodes)
+        }
+        self.exchanges: list[tuple[list[Message], list[Message]]] = []
+        self._ready: dict[str, Message] = {}
+
+    def set_run(self, run):  # pragma: no cover - not used outside the runtime
+        raise AssertionError("DirectGrid has no run")
+
+    @property
+    def run(self):  # pragma: no cover
+        raise AssertionError("DirectGrid has no run")
+
+    def create_message(self, *args, **kwargs):  # pragma: no cover - deprecated API
+        raise AssertionError("server code builds Messages itself")
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    @staticmethod
+    def _copy(msg: Message, message_id: str) -> Message:
+        """``msg`` rebuilt from its deflated objects alone, as the other side receives it."""
+        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+        from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+        contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(msg).items()}
+        out = inflate_object_from_contents(msg.object_id, contents)
+        out.metadata.__dict__["_message_id"] = message_id
+        return out
+
+    def push_messages(self, messages):
+        import copy
+        from uuid import uuid4
+
+        from flwr.app import Error
+
+        messages = list(messages)
+        ids, replies = [], []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())
+            ids.append(msg.metadata.message_id)
+            received = self._copy(msg, msg.metadata.message_id)
+            context = self.contexts[msg.metadata.dst_node_id]
+            saved = copy.deepcopy(context.state)
+            try:
+                reply = client_app(received, context)
+            except Exception as exc:  # noqa: BLE001 - Flower turns any ClientApp exception into an error reply
+                context.state = saved  # a call that raised saves nothing
+                reply = Message(Error(code=2, reason=f"{type(exc)}:<'{exc}'>"), reply_to=received)
+            reply = self._copy(reply, str(uuid4())) if not reply.has_error() else reply
+            self._ready[msg.metadata.message_id] = reply
+            replies.append(reply)
+        self.exchanges.append((messages, replies))
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self._ready.pop(i) for i in list(message_ids) if i in self._ready]
+
+    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - the loop uses exchange()
+        raise AssertionError("server code should call server.exchange.exchange, not send_and_receive")
+
+
+def run_direct(config: Mapping[str, Any], out_dir: Path, num_supernodes: int = 5
+               ) -> tuple[dict[str, Any], DirectGrid]:
+    """Run a federation with the real server loop and ClientApp in this process (see :class:`DirectGrid`)."""
+    cfg = RunConfig.from_mapping({**config, "out-dir": str(out_dir)})
+    grid = DirectGrid(num_supernodes)
+    return run_federation(grid, cfg, Path(out_dir)), grid
+
+
+def direct_runner(config: Mapping[str, Any], out_dir: Path, *, num_supernodes: int, quiet: bool = True
+                  ) -> dict[str, Any]:
+    """A :func:`simulations.sweep.run_sweep` runner on :func:`run_direct`."""
+    return run_direct(config, Path(out_dir), num_supernodes)[0]

@@ -11,6 +11,8 @@ from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_conte
 
 from tests.federation_harness import SMALL, assert_same_ledgers, read_rows, run_inprocess
 
+pytestmark = pytest.mark.slow  # Flower's simulation engine: Ray worker processes
+
 def reserialized_bytes(msg: Message) -> int:
     """Deflate every object, rebuild the message from those bytes alone, deflate again."""
     objects = get_all_nested_objects(msg)
@@ -40,6 +42,11 @@ def test_fp32_ledger_equals_reserialized_messages(tmp_path):
     # float32 replies carry at least the dense update, and not much more.
     for row in rows[1:]:
         assert int(row["uplink_dense_bytes"]) <= int(row["uplink_bytes"]) <= 1.02 * int(row["uplink_dense_bytes"])
+    # ... and every train message carries the float32 model plus a bounded envelope (config record, header)
+    for row in rows[1:]:
+        msgs, dense = int(row["clients_sampled"]), int(row["downlink_dense_bytes"])
+        assert dense == 4 * summary["num_params"] * msgs
+        assert dense <= int(row["downlink_bytes"]) <= dense + 4096 * msgs
     assert float(rows[-1]["test_accuracy"]) > float(rows[0]["test_accuracy"]) + 0.5
     assert summary["status"] == "completed" and summary["rounds_completed"] == 3
     # the summary's totals and ratios are training rounds only; the handshake stands apart
@@ -95,6 +102,8 @@ def test_compressed_federation_end_to_end(tmp_path, preset):
     for row, (down, up) in zip(rows, recomputed):
         assert int(row["uplink_bytes"]) == up and int(row["downlink_bytes"]) == down
     assert float(rows[-1]["test_accuracy"]) > float(rows[0]["test_accuracy"]) + 0.3
+    for row in rows[1:]:  # the downlink never costs more than float32 (plus a bounded envelope) per message
+        assert int(row["downlink_bytes"]) <= int(row["downlink_dense_bytes"]) + 4096 * int(row["clients_sampled"])
     failed = sum(int(r["clients_failed"]) for r in rows[1:])
     assert failed >= 1 and all("payload:" in r["failures"] for r in rows[1:] if r["failures"])
     assert summary["status"] == "completed"

@@ -58,6 +58,7 @@ def test_client_update_and_residual_are_zero_at_pruned_positions(mnist):
     assert any(torch.any(update[n][m == 1] != 0) for n, m in masks.items())  # the rest did train
 
 
+@pytest.mark.slow  # Ray worker processes
 @pytest.mark.timeout(900)
 def test_federated_prune_finetune_quantize(tmp_path, mnist):
     """Prune 50 % → 2 masked fine-tune rounds → static int8 from federated calibration → 1 QAT round."""
@@ -114,6 +115,7 @@ def test_federated_prune_finetune_quantize(tmp_path, mnist):
     assert int(stages["int8 static (federated calibration)"]["size_bytes"]) < int(stages["float32"]["size_bytes"])
 
 
+@pytest.mark.slow  # Ray worker processes
 def test_taylor_pruning_uses_federated_scores(tmp_path, mnist):
     cfg = {**SMALL, "name": "taylor", "uplink": "fp32", "downlink": "fp32", "num-server-rounds": 1,
            "prune-targets": "0.6", "prune-method": "taylor", "finetune-rounds": 1, "stage-clients": 2,

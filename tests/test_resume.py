@@ -44,6 +44,7 @@ def uninterrupted(tmp_path_factory):
     return read_rows(out)
 
 
+@pytest.mark.slow  # Ray worker processes; tests/test_server_loop.py resumes in-process (delta mode)
 def test_stopped_then_resumed_equals_uninterrupted(tmp_path, uninterrupted):
     run_inprocess({**FP32, "num-server-rounds": 2}, tmp_path)
     summary, _ = run_inprocess({**FP32, "resume": True}, tmp_path)
@@ -75,3 +76,95 @@ def test_killed_runner_resumes_to_the_same_ledger(tmp_path, uninterrupted):
     done = subprocess.run(cmd + ["--resume"], timeout=600)
     assert done.returncode == 0
     _same_ledgers(read_rows(out), uninterrupted)
+
+
+# ---------------------------------------------------------------- checkpoint edge cases (no federation)
+
+def _ckpt(round_: int = 3, history=(b"\x01\x02", b"", b"xyz")) -> Checkpoint:
+    w = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    return Checkpoint(round_, round_ + 1, {"seed": 1, "lr": 0.1}, w, {"a": w["a"] * 2},
+                      {"m": {"a": w["a"] + 1}, "v": {"a": w["a"] * 0.5}}, list(history))
+
+
+def test_crash_between_the_two_renames_recovers_the_previous_checkpoint(tmp_path):
+    save_checkpoint(tmp_path, _ckpt(3))
+    # save_checkpoint moves checkpoint/ to .checkpoint.old/, then .checkpoint.new/ to checkpoint/;
+    # a crash in between leaves only .checkpoint.old/ (and the staging directory)
+    os.replace(tmp_path / "checkpoint", tmp_path / ".checkpoint.old")
+    got = load_checkpoint(tmp_path, {"seed": 1, "lr": 0.1})
+    assert got is not None and got.round == 3 and got.history == [b"\x01\x02", b"", b"xyz"]
+    assert torch.equal(got.optimizer_state["v"]["a"], _ckpt().optimizer_state["v"]["a"])
+    save_checkpoint(tmp_path, _ckpt(4))  # the next save replaces it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert load_checkpoint(tmp_path, {"seed": 1, "lr": 0.1}).round == 4
+
+
+def test_checkpoint_wins_over_a_leftover_old_one(tmp_path):
+    save_checkpoint(tmp_path / "x", _ckpt(2))
+    os.replace(tmp_path / "x" / "checkpoint", tmp_path / ".checkpoint.old")
+    save_checkpoint(tmp_path, _ckpt(5))
+    assert load_checkpoint(tmp_path, {"seed": 1, "lr": 0.1}).round == 5
+
+
+def _edit_state(tmp_path, **changes):
+    import json
+
+    path = tmp_path / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    state.update(changes)
+    path.write_text(json.dumps(state))
+
+
+def test_other_format_is_refused(tmp_path):
+    save_checkpoint(tmp_path, _ckpt())
+    _edit_state(tmp_path, format=2)
+    with pytest.raises(CheckpointError, match="format 2 != 1"):
+        load_checkpoint(tmp_path, {"seed": 1, "lr": 0.1})
+
+
+@pytest.mark.parametrize("lengths", [[2, 0, 2], [2, 0, 4], [2, 0], [2, 0, 3, 1]])
+def test_history_lengths_must_match_history_bin(tmp_path, lengths):
+    save_checkpoint(tmp_path, _ckpt())
+    _edit_state(tmp_path, history_lengths=lengths)
+    with pytest.raises(CheckpointError, match="history.bin length"):
+        load_checkpoint(tmp_path, {"seed": 1, "lr": 0.1})
+
+
+def test_missing_or_damaged_files_are_a_checkpoint_error(tmp_path):
+    save_checkpoint(tmp_path, _ckpt())
+    (tmp_path / "checkpoint" / "optimizer-v.npz").unlink()
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(tmp_path, {"seed": 1, "lr": 0.1})
+    save_checkpoint(tmp_path, _ckpt())
+    (tmp_path / "checkpoint" / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(tmp_path, {"seed": 1, "lr": 0.1})
+
+
+def test_resume_and_round_count_may_change_but_nothing_else(tmp_path):
+    save_checkpoint(tmp_path, Checkpoint(1, 2, {"seed": 1, "num-server-rounds": 3, "resume": False,
+                                                "out-dir": "/a"}, {}, {}, {}, []))
+    assert load_checkpoint(tmp_path, {"seed": 1, "num-server-rounds": 9, "resume": True, "out-dir": "/b"})
+    with pytest.raises(CheckpointError, match=r"keys \['server-lr'\]"):
+        load_checkpoint(tmp_path, {"seed": 1, "num-server-rounds": 3, "server-lr": 0.5})
+
+
+def test_a_crash_in_the_first_save_after_a_recovery_keeps_the_recovered_checkpoint(tmp_path, monkeypatch):
+    """Only .checkpoint.old/ is left (crash between the renames); the next save crashes before its swap."""
+    import server.checkpoint as ck
+
+    save_checkpoint(tmp_path, _ckpt(3))
+    os.replace(tmp_path / "checkpoint", tmp_path / ".checkpoint.old")
+    real_replace = os.replace
+
+    def crash_on_swap(src, dst):
+        if str(dst).endswith(f"{os.sep}checkpoint"):
+            raise OSError("power cut")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", crash_on_swap)
+    with pytest.raises(OSError, match="power cut"):
+        save_checkpoint(tmp_path, _ckpt(4))
+    monkeypatch.setattr(ck.os, "replace", real_replace)
+    got = load_checkpoint(tmp_path, {"seed": 1, "lr": 0.1})
+    assert got is not None and got.round == 3  # not lost: a resume continues after round 3

@@ -85,8 +85,28 @@ def test_registry_lists_stages():
     assert {"uniform", "qsgd", "sign", "ternary", "fp16", "bf16", "kmeans"} <= set(compression.STAGES["quant"])
 
 
-def test_register_importance():
+def test_register_importance(monkeypatch):
+    """A registered importance is what top-k ranks by: here the *smallest* magnitudes are kept."""
     import numpy as np
-    compression.register_importance("square", lambda x: np.square(x))
-    s = parse_spec("prune=topk,keep=0.5,importance=square")
-    assert s.importance == "square"
+    import torch
+
+    from compression import prune
+
+    monkeypatch.setitem(prune.IMPORTANCE, "smallest", None)  # so that teardown removes the name again
+    calls = []
+
+    def smallest_first(x):
+        calls.append(x.size)
+        return -np.abs(x)
+
+    compression.register_importance("smallest", smallest_first)
+    s = parse_spec("prune=topk,keep=0.25,quant=none,min-numel=0,importance=smallest")
+    assert s.importance == "smallest"
+    x = torch.tensor([0.5, -0.01, 3.0, 0.02, -2.0, 0.9, 0.03, -0.04])
+    out = compression.decode(compression.encode({"w": x}, s))["w"]
+    assert out.tolist() == pytest.approx([0, -0.01, 0, 0.02, 0, 0, 0, 0])  # 2 of 8, the two smallest |x|
+    assert calls == [8]
+    default = compression.decode(compression.encode({"w": x}, "prune=topk,keep=0.25,quant=none,min-numel=0"))["w"]
+    assert default.tolist() == pytest.approx([0, 0, 3.0, 0, -2.0, 0, 0, 0])  # magnitude keeps the largest
+    with pytest.raises(ValueError, match="invalid importance name"):
+        compression.register_importance("Not OK", smallest_first)
