@@ -124,12 +124,12 @@ def test_client_applies_a_catchup_to_the_version_it_holds():
 
 def test_catchup_in_a_federation(tmp_path):
     """seed-cnn, 5 nodes, 2 per round: returning clients get catch-ups, the ledger counts them exactly."""
-    from tests.federation_harness import SMALL, read_rows, run_inprocess
+    from tests.federation_harness import SMALL, read_rows, run_direct
     from tests.test_federation import per_round_bytes
 
     cfg = {**SMALL, "num-server-rounds": 5, "uplink": "stc", "downlink": "stc", "downlink-mode": "delta",
            "downlink-catchup": CATCHUP_SPEC}
-    summary, grid = run_inprocess(cfg, tmp_path)
+    summary, grid = run_direct(cfg, tmp_path)
     rows, clients = read_rows(tmp_path), read_rows(tmp_path, "clients.csv")
     assert summary["status"] == "completed" and all(int(r["clients_failed"]) == 0 for r in rows)
     for row, (down, up) in zip(rows, per_round_bytes(grid)):

@@ -6,7 +6,7 @@ import pytest
 
 from fedsqueeze import netsim
 from fedsqueeze.models import build_model
-from tests.federation_harness import SMALL, read_rows, run_inprocess
+from tests.federation_harness import SMALL, read_rows, run_direct
 
 
 def test_deadline_and_over_selection_in_a_federation(tmp_path):
@@ -20,7 +20,7 @@ def test_deadline_and_over_selection_in_a_federation(tmp_path):
     deadline = 3 * fast_s  # partition 4 needs 20x fast_s: always late
     cfg = {**SMALL, "num-server-rounds": 2, "fraction-train": 0.6, "min-train-nodes": 1,  # K = 3
            "network": f"trace:{trace}", "round-deadline": deadline, "over-select": 0.67}  # ceil(3 * 1.67) = 5
-    summary, _ = run_inprocess(cfg, tmp_path / "run")
+    summary, _ = run_direct(cfg, tmp_path / "run")
     rows = read_rows(tmp_path / "run")
     clients = read_rows(tmp_path / "run", "clients.csv")
     assert summary["status"] == "completed" and summary["rounds_completed"] == 2
