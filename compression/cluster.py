@@ -22,7 +22,7 @@ __all__ = ["kmeans_1d", "assign", "DP_BUDGET"]
 #: full rows; the first row and the last entry are closed forms).  Above it the
 #: sorted values are first merged into this many consecutive runs (see
 #: :func:`kmeans_1d`).  At ``k = 3`` every update of the McMahan CNN fits.
-DP_BUDGET = 1 << 20
+DP_BUDGET = 1 << 18
 
 
 def kmeans_1d(x: np.ndarray, k: int, iters: int = 12) -> np.ndarray:
