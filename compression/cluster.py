@@ -20,8 +20,9 @@ __all__ = ["kmeans_1d", "assign", "DP_BUDGET"]
 
 #: Distinct values times dynamic-programming rows solved exactly (``k - 2``
 #: full rows; the first row and the last entry are closed forms).  Above it the
-#: sorted values are first merged into this many consecutive runs (see
-#: :func:`kmeans_1d`).  At ``k = 3`` every update of the McMahan CNN fits.
+#: sorted values are first merged into ``DP_BUDGET // (k - 2)`` runs (see
+#: :func:`kmeans_1d`).  ``fedzip-like`` (k = 3, top 1 %: at most 8.3 K values
+#: per McMahan-CNN tensor) is always solved exactly.
 DP_BUDGET = 1 << 18
 
 
@@ -54,11 +55,13 @@ def kmeans_1d(x: np.ndarray, k: int, iters: int = 12) -> np.ndarray:
     -----
     With ``m`` distinct values and ``m * max(k - 2, 1) <= DP_BUDGET`` the
     result is the global optimum (up to float64 rounding of the costs).
-    Otherwise the sorted distinct values are merged into
-    ``DP_BUDGET // max(k - 2, 1)`` runs of about equal count, the optimal
-    split along run boundaries is found exactly, and Lloyd's algorithm
-    (re-seeding any empty cluster at the worst-fitted value) refines it; each
-    step can only lower the error.
+    Otherwise the sorted distinct values are merged into about
+    ``DP_BUDGET // max(k - 2, 1)`` runs (half cut at equal counts, half at
+    equal widths), the optimal split along run boundaries is found exactly,
+    and Lloyd's algorithm (re-seeding any empty cluster at the worst-fitted
+    value) refines it; no step raises the error.  On the dense 1.6 M-value
+    ``fc1`` update of the McMahan CNN this reached the exact optimum at
+    ``k = 3`` and ``k = 8``.
     """
     if k < 1:
         raise ValueError(f"k-means needs k >= 1 clusters, got {k}")
@@ -181,8 +184,8 @@ def _lloyd(v: np.ndarray, w: np.ndarray, c: np.ndarray, iters: int) -> np.ndarra
     """Weighted Lloyd iterations from sorted centroids ``c``.
 
     A cluster left without values is moved to the worst-fitted value (which
-    lowers the error); up to ``k`` extra rounds are spent only while some
-    cluster is still empty, so no centroid is returned unused.
+    lowers the error); up to ``k`` extra rounds are spent while some cluster
+    is still empty.
     """
     k = c.size
     for it in range(iters + k):

@@ -206,7 +206,6 @@ def _without_zeros(sel: pr.Selection, flat: np.ndarray) -> pr.Selection:
     return sel if nonzero.all() else pr.Selection(sel.unit, sel.index[nonzero], sel.scale)
 
 
-
 def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int) -> tuple[bytes, int]:
     rng_prune, rng_quant = _rngs(seed, round)
     layouts = [_layout(spec, e.shape) for e in entries]

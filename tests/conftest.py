@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data" / "mnist"
 
 # Hypothesis profiles. `ci` (the default, also under CI=true) is derandomized: every run draws
 # the same examples, so a test cannot pass on one run and fail on the next by chance.
@@ -21,7 +22,6 @@ settings.register_profile("ci", derandomize=True, database=None, deadline=None, 
 settings.register_profile("explore", max_examples=1000, derandomize=False, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-SHARED = REPO.parent / "shared" / "data" / "mnist"
 
 
 def mnist_dir() -> str | None:
