@@ -193,6 +193,19 @@ def _select(spec: PipelineSpec, entries: list[_Entry], round: int,
 
 # ------------------------------------------------------------------ encoding
 
+def _without_zeros(sel: pr.Selection, flat: np.ndarray) -> pr.Selection:
+    """Drop the kept elements whose value is exactly zero (weight sharing only).
+
+    Top-k keeps ``ceil(keep * n)`` positions even when fewer values are
+    non-zero, filling up with zeros.  Under k-means a kept zero costs a
+    position and a code and takes a centroid, or pulls one towards 0; unsent,
+    it decodes to the same exact zero for free.  Other quantizers still send
+    such zeros, so that their payloads stay byte-identical to earlier versions.
+    """
+    nonzero = flat[sel.index] != 0
+    return sel if nonzero.all() else pr.Selection(sel.unit, sel.index[nonzero], sel.scale)
+
+
 def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int) -> tuple[bytes, int]:
     rng_prune, rng_quant = _rngs(seed, round)
     layouts = [_layout(spec, e.shape) for e in entries]
@@ -210,6 +223,8 @@ def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int) ->
             nnz += e.flat.size
         else:
             sel = next(selections)
+            if spec.quant == "kmeans" and sel.unit == 1:
+                sel = _without_zeros(sel, e.flat)
             slots, _ = _units(spec, e.shape)
             elements = sel.elements()
             parts = [bytes([SPARSE]), sel.index.size.to_bytes(4, "little"),

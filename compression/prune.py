@@ -166,6 +166,14 @@ def topk(arrays: Sequence[np.ndarray], keep: float, *, scope: str = "global",
     Returns
     -------
     list of Selection
+
+    Notes
+    -----
+    Exactly ``kept_count(keep, n)`` positions are kept, also when fewer values
+    are non-zero: with magnitude importance the free slots go to zeros, lowest
+    index first.  On the wire each costs its position code and one value code;
+    ``quant=kmeans`` drops them before coding (see ``compression.codec``),
+    other quantizers send them.
     """
     scores = _scores(arrays, importance)
     if scope == "layer":

@@ -6,9 +6,22 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data" / "mnist"
+
+# Hypothesis profiles. `ci` (the default, also under CI=true) is derandomized: every run draws
+# the same examples, so a test cannot pass on one run and fail on the next by chance.
+# `explore` draws fresh random examples, ten times as many as Hypothesis' default, for hunting
+# bugs locally: HYPOTHESIS_PROFILE=explore python -m pytest tests/compression/test_properties.py
+# A failure it finds is printed with its example; add that as an explicit @example to the test.
+# Tests that set max_examples themselves keep their own count in every profile.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", max_examples=1000, derandomize=False, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def mnist_dir() -> str | None:
