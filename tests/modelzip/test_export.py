@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedsqueeze.models import build_model
@@ -9,6 +10,7 @@ from fedsqueeze import modelzip as mz
 from fedsqueeze.train import evaluate
 
 
+@pytest.mark.slow  # PT2E export / int8 lowering: tens of seconds
 def test_pruned_float_and_int8_artifacts_reload_identically(trained, tensors, tmp_path):
     x, _, xt, yt = tensors
     mz.prune_global_l1(trained, 0.5)
@@ -33,6 +35,7 @@ def test_int8_file_is_at_least_3_5x_smaller_for_mcmahan(tmp_path):
     assert float_size / int8_size >= 3.5
 
 
+@pytest.mark.slow  # PT2E export / int8 lowering: tens of seconds
 def test_stage_report_measures_the_reloaded_artifact(trained, tensors, tmp_path):
     _, _, xt, yt = tensors
     report = mz.stage_report("float", trained, xt, yt, tmp_path / "s.pt2", repeats=3)
@@ -44,7 +47,5 @@ def test_stage_report_measures_the_reloaded_artifact(trained, tensors, tmp_path)
 
 
 def test_save_rejects_other_suffix(trained, tmp_path):
-    import pytest
-
     with pytest.raises(ValueError):
         mz.save_artifact(trained, tmp_path / "model.pt")

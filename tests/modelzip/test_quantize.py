@@ -42,6 +42,7 @@ def test_client_ranges_merge_to_the_pooled_ranges(trained, tensors):
     assert merged and all(lo <= hi for lo, hi in merged.values())
 
 
+@pytest.mark.slow  # PT2E export / int8 lowering: tens of seconds
 def test_static_int8_agrees_with_float(trained, tensors):
     x, _, xt, yt = tensors
     ranges = mz.merge_ranges([mz.observe_ranges(trained, x[:1000]), mz.observe_ranges(trained, x[1000:2000])])
@@ -81,6 +82,7 @@ def test_lowered_int8_matches_reference(trained, tensors):
         assert _agreement(lowered, int8, xt[:batch]) == 1.0
 
 
+@pytest.mark.slow  # PT2E export / int8 lowering: tens of seconds
 def test_qat_trains_and_converts_with_masks(trained, tensors):
     x, y, xt, yt = tensors
     masks = mz.prune_global_l1(trained, 0.5)
