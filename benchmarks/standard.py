@@ -10,7 +10,7 @@ anyone can regenerate it offline:
     python benchmarks/standard.py --collect RUNS    # copy finished runs in, then report
     python benchmarks/standard.py                   # report from the committed ledgers
 
-Writes ``benchmarks/standard/{report.md, table.md, table.csv, *.png}`` with
+Writes ``benchmarks/standard/{report.md, table.md, table.csv, downlink.md, *.png}`` with
 ``simulations.report`` (mean ± 95 % CI over seeds, reached counts, factors against
 ``fedavg-fp32`` at the same target).
 """
@@ -18,7 +18,10 @@ Writes ``benchmarks/standard/{report.md, table.md, table.csv, *.png}`` with
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
+from collections import Counter
 import logging
 import shutil
 import sys
@@ -57,6 +60,44 @@ def collect(source: Path, dest: Path = SWEEP) -> list[str]:
     return copied
 
 
+def downlink_table(sweep: Path = SWEEP, partition: str = "iid", seed: int = 0) -> str:
+    """Mean downlink bytes per client message of each delta-downlink run, over the rounds they all ran.
+
+    Compares chains with catch-ups on the same seed (issue 13): every run is cut to the
+    shortest run's last round, so each is measured on the same rounds.
+    """
+    runs = {}
+    for run_dir in sorted((sweep / "runs").glob(f"*__{partition}__seed{seed}")):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if summary["config"].get("downlink-mode") != "delta":
+            continue
+        with open(run_dir / "clients.csv", newline="") as fh:
+            runs[run_dir.name.split("__")[0]] = list(csv.DictReader(fh))
+    if not runs:
+        return ""
+    last = min(max(int(r["round"]) for r in rows) for rows in runs.values())
+    lines = [f"# Downlink bytes per client message, {partition} seed {seed}, rounds 1..{last}", "",
+             "Every delta-downlink run of the grid, cut to the rounds they all ran. `gap` = versions a client "
+             "was behind; `kinds` = how it was brought up to date (chain of per-round deltas, one catch-up "
+             "payload, or the float32 model).", "",
+             "| preset | messages | mean wire bytes | mean payload bytes | mean gap | kinds | vs `stc` chain |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    means = {}
+    for name, rows in runs.items():
+        rows = [r for r in rows if int(r["round"]) <= last]
+        means[name] = statistics.mean(int(r["downlink_bytes"]) for r in rows)
+    for name, rows in runs.items():
+        rows = [r for r in rows if int(r["round"]) <= last]
+        kinds = Counter(r.get("downlink_kind") or "chain" for r in rows)
+        gaps = [int(r["target_version"]) - int(r["base_version"]) for r in rows if int(r["base_version"]) >= 0]
+        ratio = f"{means['stc'] / means[name]:.2f}×" if "stc" in means else "—"
+        lines.append(f"| `{name}` | {len(rows)} | {means[name]:,.0f} | "
+                     f"{statistics.mean(int(r['downlink_payload_bytes']) for r in rows):,.0f} | "
+                     f"{statistics.mean(gaps):.1f} | "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + f" | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collect", type=Path, metavar="RUNS",
@@ -71,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     write_index(SWEEP, [RunSpec(**r) for r in meta["runs"]])
     for path in report.write_report(SWEEP, HERE, targets=TARGETS):
         log.info("wrote %s", path.relative_to(HERE.parent.parent))
+    (HERE / "downlink.md").write_text(downlink_table())
+    log.info("wrote benchmarks/standard/downlink.md")
     return 0
 
 
