@@ -87,6 +87,7 @@ class Broadcaster:
     _full_fp32: bytes | None = None
     _round: int = 0
     _shared: dict[int, tuple[bytes, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    _accumulated: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     _pending: dict[int, dict[str, torch.Tensor] | None] = field(default_factory=dict)
 
     @property
@@ -98,6 +99,7 @@ class Broadcaster:
         self._full_fp32 = None
         self._round = round_
         self._shared.clear()
+        self._accumulated.clear()
         self._pending.clear()
         if self.mode == "full":
             self._full = compression.encode(weights, self.spec, round=round_, seed=self.seed)
@@ -144,13 +146,14 @@ class Broadcaster:
         """``C(b_t - b_start + error)`` and the error it leaves; shared by exact clients at ``start``."""
         if error is None and start in self._shared:
             return self._shared[start]
-        target = {k: torch.zeros_like(v) for k, v in self.broadcast.items()}
-        for p in self.history[start:]:  # b_t - b_start: the sum of the chain it replaces
-            for k, v in compression.decode(p).items():
-                target[k] += v
-        if error is not None:
-            for k, v in error.items():
-                target[k] += v
+        if start not in self._accumulated:  # b_t - b_start: the sum of the chain it replaces, once per round
+            total = {k: torch.zeros_like(v) for k, v in self.broadcast.items()}
+            for p in self.history[start:]:
+                for k, v in compression.decode(p).items():
+                    total[k] += v
+            self._accumulated[start] = total
+        total = self._accumulated[start]
+        target = {k: v + error[k] for k, v in total.items()} if error is not None else total
         assert self.catchup is not None
         payload = compression.encode(target, self.catchup, round=self._round, seed=self.seed + self._round)
         left = {k: target[k] - v for k, v in compression.decode(payload).items()}
