@@ -96,6 +96,10 @@ STAGES: dict[str, dict[str, Stage]] = {
                          "STC ternary: kept values sent as sign * mean|kept|"),
         "kmeans": Stage("quant", "kmeans", ("clusters", "entropy"), (),
                         "weight sharing: 1-D k-means codebook per tensor"),
+        "drive": Stage("quant", "drive", ("unbiased", "rot-block"), (),
+                       "DRIVE: randomized Hadamard rotation, 1 bit per coordinate + a scale per block"),
+        "eden": Stage("quant", "eden", ("bits", "unbiased", "rot-block", "entropy"), (),
+                      "EDEN: randomized Hadamard rotation, b-bit Lloyd-Max levels + a scale per block"),
     },
 }
 
@@ -128,7 +132,7 @@ KEYS: dict[str, _Key] = {
     "warmup-rounds": _Key("warmup_rounds", int, 5, lo=1, hi=100_000, doc="rounds to reach target keep"),
     "warmup-start": _Key("warmup_start", float, 0.25, lo=0.0, hi=1.0, doc="keep fraction in round 1"),
     "quant": _Key("quant", str, "none", tuple(STAGES["quant"]), doc="quantization stage"),
-    "bits": _Key("bits", int, 8, lo=1, hi=8, doc="bits per code (uniform 1-8, symmetric/qsgd 2-8)"),
+    "bits": _Key("bits", int, 8, lo=1, hi=8, doc="bits per code (uniform 1-8, symmetric/qsgd 2-8, eden 1-4)"),
     "mode": _Key("mode", str, "symmetric", ("symmetric", "affine"), doc="uniform grid through 0 or min..max"),
     "granularity": _Key("granularity", str, "tensor", ("tensor", "channel", "block"),
                         doc="one scale per tensor, per output channel (row) or per block of values"),
@@ -143,6 +147,9 @@ KEYS: dict[str, _Key] = {
     "zstd": _Key("zstd", bool, False, doc="zstd over all tensor sections"),
     "zstd-level": _Key("zstd_level", int, 3, lo=1, hi=22, doc="zstd level"),
     "ef": _Key("ef", bool, False, doc="error feedback (residual accumulation) on the client"),
+    "unbiased": _Key("unbiased", bool, True, doc="drive/eden: unbiased scale (else the MSE-optimal, biased one)"),
+    "rot-block": _Key("rot_block", int, 1 << 16, lo=2, hi=1 << 24,
+                      doc="drive/eden: largest rotation block, a power of two (tensors are padded to whole blocks)"),
 }
 
 _ALIASES = {"error-feedback": "ef", "quantize": "quant", "quantization": "quant", "sparsity-coder": "coder"}
@@ -192,7 +199,7 @@ class PipelineSpec:
     schedule, warmup_rounds, warmup_start
         Keep-fraction schedule over rounds (see :mod:`compression.schedule`).
     quant : str
-        ``none | fp16 | bf16 | uniform | qsgd | sign | ternary | kmeans``.
+        ``none | fp16 | bf16 | uniform | qsgd | sign | ternary | kmeans | drive | eden``.
     bits, mode, granularity, block, rounding, clusters
         Quantizer parameters (see :mod:`compression.quantize`).
     min_numel : int
@@ -206,6 +213,8 @@ class PipelineSpec:
         Optional zstd stage over the coded sections.
     ef : bool
         Whether clients should run error feedback with this pipeline.
+    unbiased, rot_block
+        Rotation quantizers (``drive``, ``eden``; see :mod:`compression.rotation`).
     """
 
     prune: str = "none"
@@ -231,6 +240,8 @@ class PipelineSpec:
     zstd: bool = False
     zstd_level: int = 3
     ef: bool = False
+    unbiased: bool = True
+    rot_block: int = 1 << 16
 
     def __post_init__(self) -> None:
         values = {}
@@ -369,6 +380,11 @@ def _validate(values: Mapping[str, Any]) -> None:
                         "(use mode=affine or quant=sign for 1 bit)")
     if q == "qsgd" and values["bits"] < 2:
         raise SpecError("key 'bits' must be >= 2 for quant=qsgd (one sign bit plus levels)")
+    if q == "eden" and values["bits"] > 4:
+        raise SpecError("key 'bits' must be 1-4 for quant=eden (Lloyd-Max levels are tabulated up to 4 bits)")
+    rb = values["rot-block"]
+    if rb is not None and rb & (rb - 1):
+        raise SpecError(f"invalid value {rb!r} for key 'rot-block': expected a power of two")
 
 
 def parse_spec(spec: Union[str, Mapping[str, Any], PipelineSpec], *, strict_registry: bool = True) -> PipelineSpec:

@@ -10,6 +10,8 @@ either bit-packed (``entropy=none``) or as a Huffman section::
     qsgd            G * f32 L2 norm, codes
     sign / ternary  G * f32 mean |x|, 1-bit codes
     kmeans          clusters * f32 centroid, ceil(log2 clusters)-bit codes
+    drive / eden    u64 rotation seed, per-block f32 scale, codes of the
+                    rotated, padded vector (see :mod:`compression.rotation`)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import cast, cluster, quantize as q
+from . import cast, cluster, quantize as q, rotation
 from .bitpack import pack_codes, unpack_codes
 from .entropy import decode_huffman, encode_huffman
 from .errors import PayloadError
@@ -148,6 +150,31 @@ def _dec_kmeans(r, count, spec, groups):
     return c[codes]
 
 
+# ---------------------------------------------------------------- rotation (DRIVE / EDEN)
+
+def _rotation_seed(rng: np.random.Generator) -> int:
+    # drawn from the encoder's (seed, round) stream, so payloads stay deterministic
+    return int(rng.integers(0, 1 << 63))
+
+
+def _enc_drive(x, spec, groups, rng):
+    return rotation.drive_encode(x, _rotation_seed(rng), unbiased=spec.unbiased, rot_block=spec.rot_block)
+
+
+def _dec_drive(r, count, spec, groups):
+    return rotation.drive_decode(r, count, rot_block=spec.rot_block)
+
+
+def _enc_eden(x, spec, groups, rng):
+    return rotation.eden_encode(x, _rotation_seed(rng), bits=spec.bits, unbiased=spec.unbiased,
+                                rot_block=spec.rot_block, huffman=spec.entropy == "huffman")
+
+
+def _dec_eden(r, count, spec, groups):
+    return rotation.eden_decode(r, count, bits=spec.bits, rot_block=spec.rot_block,
+                                huffman=spec.entropy == "huffman")
+
+
 #: Registry: ``quant`` stage name -> value codec.
 VALUE_CODECS: dict[str, ValueCodec] = {
     "none": ValueCodec(_enc_none, _dec_none),
@@ -158,6 +185,8 @@ VALUE_CODECS: dict[str, ValueCodec] = {
     "sign": ValueCodec(_enc_sign, _dec_sign),
     "ternary": ValueCodec(_enc_sign, _dec_sign),
     "kmeans": ValueCodec(_enc_kmeans, _dec_kmeans),
+    "drive": ValueCodec(_enc_drive, _dec_drive),
+    "eden": ValueCodec(_enc_eden, _dec_eden),
 }
 
 
