@@ -18,7 +18,7 @@ from server.protocol import CONFIG, MASK, METRICS, MODEL, UPDATE, payloads_recor
 app = ClientApp()
 
 # Keys of this node's persistent state (Context.state survives across rounds).
-_EF, _BCAST, _BCAST_META = "ef-residual", "broadcast", "broadcast-meta"
+_EF, _BCAST, _BCAST_META, _CODEC = "ef-residual", "broadcast", "broadcast-meta", "codec-state"
 
 
 def _load_state(context: Context) -> ClientState:
@@ -26,7 +26,8 @@ def _load_state(context: Context) -> ClientState:
     residual = st[_EF].to_torch_state_dict() if _EF in st else None
     broadcast = st[_BCAST].to_torch_state_dict() if _BCAST in st else None
     version = int(st[_BCAST_META]["version"]) if _BCAST_META in st else -1
-    return ClientState(residual, broadcast, version)
+    codec_state = st[_CODEC].to_torch_state_dict() if _CODEC in st else None
+    return ClientState(residual, broadcast, version, codec_state)
 
 
 def _save_state(context: Context, state: ClientState) -> None:
@@ -35,6 +36,8 @@ def _save_state(context: Context, state: ClientState) -> None:
     if state.broadcast is not None:
         context.state[_BCAST] = ArrayRecord(torch_state_dict=state.broadcast)
         context.state[_BCAST_META] = ConfigRecord({"version": state.version})
+    if state.codec_state:
+        context.state[_CODEC] = ArrayRecord(torch_state_dict=state.codec_state)
 
 
 def _partition(context: Context) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -81,11 +81,14 @@ class ClientState:
 
     ``residual``: uplink error-feedback memory (``None`` = zeros).
     ``broadcast`` / ``version``: the last model received in delta-downlink mode.
+    ``codec_state``: what a stateful uplink stage keeps between this client's
+    rounds (PowerSGD's warm-start factors; see :func:`compression.encode_with_state`).
     """
 
     residual: dict[str, torch.Tensor] | None = None
     broadcast: dict[str, torch.Tensor] | None = None
     version: int = -1
+    codec_state: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: Clie
         base = compression.decode(payloads[0], expected=template)
         if ins.downlink_mode == "full":
             return base, state
-        return base, ClientState(state.residual, {k: v.clone() for k, v in base.items()}, ins.target_version)
+        return base, replace(state, broadcast={k: v.clone() for k, v in base.items()}, version=ins.target_version)
     if ins.base_version == 0:
         base = initial_state(ins.model, ins.seed)
     elif state.broadcast is not None and state.version == ins.base_version:
@@ -174,7 +177,7 @@ def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: Clie
         delta = compression.decode(p, expected=template)
         for k, v in delta.items():
             base[k] += v
-    return base, ClientState(state.residual, {k: v.clone() for k, v in base.items()}, ins.target_version)
+    return base, replace(state, broadcast={k: v.clone() for k, v in base.items()}, version=ins.target_version)
 
 
 def run_local_round(
@@ -218,7 +221,8 @@ def run_local_round(
 
     t0 = time.perf_counter()
     spec = compression.parse_spec(ins.uplink)
-    payload, residual, report = compression.encode_with_feedback(update, residual_in, spec, round=ins.round, seed=seed)
+    payload, residual, codec_state, report = compression.encode_with_state(update, residual_in, state.codec_state, spec,
+                                                                           round=ins.round, seed=seed)
     if masks and residual is not None:
         residual = mask_state(residual, masks)
     encode_s = time.perf_counter() - t0
@@ -233,7 +237,7 @@ def run_local_round(
         "train-s": result.seconds,
         "encode-s": encode_s,
     }
-    return RoundOutput(payload, metrics, ClientState(residual, state.broadcast, state.version))
+    return RoundOutput(payload, metrics, ClientState(residual, state.broadcast, state.version, codec_state or None))
 
 
 def mask_state(tensors: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

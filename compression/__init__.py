@@ -7,16 +7,19 @@ Flower-free.  Public API::
     tensors = decode(payload, expected=shapes)
     payload, report = encode_with_report(update, spec)
     payload, residual, report = encode_with_feedback(update, residual, spec)
+    payload, residual, state, report = encode_with_state(update, residual, state, spec)
     peek_spec(payload)
 
 Modules (one stage each): :mod:`.spec` (pipeline as data, registry,
 presets), :mod:`.schedule`, :mod:`.prune`, :mod:`.quantize`, :mod:`.cast`,
 :mod:`.cluster`, :mod:`.values`, :mod:`.bitpack`, :mod:`.positions`,
-:mod:`.entropy`, :mod:`.wire`, :mod:`.feedback`, :mod:`.codec`.
+:mod:`.entropy`, :mod:`.wire`, :mod:`.feedback`, :mod:`.codec`; the
+compressor families :mod:`.rotation` (DRIVE, EDEN), :mod:`.lowrank`
+(PowerSGD) and :mod:`.sketch` (count sketch, FetchSGD).
 """
 
 from .codec import (DecodedPayload, EncodeReport, decode, decode_full, encode, encode_with_feedback,
-                    encode_with_report, peek_spec)
+                    encode_with_report, encode_with_state, peek_spec)
 from .errors import PayloadError, SpecError, UpdateError
 from .prune import register_importance
 from .spec import KEYS, PRESET_SPECS, STAGES, PipelineSpec, parse_spec
@@ -31,6 +34,7 @@ __all__ = [
     "encode",
     "encode_with_report",
     "encode_with_feedback",
+    "encode_with_state",
     "decode",
     "decode_full",
     "peek_spec",

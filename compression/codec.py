@@ -35,7 +35,7 @@ from .positions import decode_positions, encode_positions
 from .quantize import make_groups
 from .schedule import keep_fraction
 from .spec import PipelineSpec, parse_spec
-from .values import decode_values, encode_values
+from .values import VALUE_CODECS, decode_values, encode_values
 from .wire import (DTYPE_CODES, MAX_NAME_BYTES, MAX_NDIM, MAX_TENSOR_NUMEL, MAX_TENSORS, Reader, TensorInfo,
                    read_header, seal, unseal, write_header)
 
@@ -45,6 +45,7 @@ __all__ = [
     "encode",
     "encode_with_report",
     "encode_with_feedback",
+    "encode_with_state",
     "decode",
     "decode_full",
     "peek_spec",
@@ -154,6 +155,8 @@ def _layout(spec: PipelineSpec, shape: tuple[int, ...]) -> int:
     numel = math.prod(shape)
     if spec.is_identity or numel == 0 or numel < spec.min_numel:
         return RAW
+    if len(shape) < VALUE_CODECS[spec.quant].min_ndim:  # e.g. biases under a low-rank stage
+        return RAW
     if spec.prune == "none" or (spec.prune == "structured" and len(shape) < 2):
         return DENSE
     return SPARSE
@@ -206,8 +209,11 @@ def _without_zeros(sel: pr.Selection, flat: np.ndarray) -> pr.Selection:
     return sel if nonzero.all() else pr.Selection(sel.unit, sel.index[nonzero], sel.scale)
 
 
-def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int) -> tuple[bytes, int]:
+def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
+            state: Mapping[str, torch.Tensor] | None = None) -> tuple[bytes, int, dict[str, torch.Tensor]]:
     rng_prune, rng_quant = _rngs(seed, round)
+    codec = VALUE_CODECS[spec.quant]
+    new_state: dict[str, torch.Tensor] = {}
     layouts = [_layout(spec, e.shape) for e in entries]
     sparse = [e for e, lay in zip(entries, layouts) if lay == SPARSE]
     selections = iter(_select(spec, sparse, round, rng_prune) if sparse else [])
@@ -219,8 +225,16 @@ def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int) ->
             nnz += e.flat.size
         elif lay == DENSE:
             groups = make_groups(spec.granularity, spec.block, e.flat.size, e.shape, None)
-            sections.append(bytes([DENSE]) + encode_values(e.flat, spec, groups, rng_quant))
-            nnz += e.flat.size
+            if codec.shaped:
+                prev = state.get(e.name) if state else None
+                blob, st = codec.encode(e.flat, spec, groups, rng_quant, e.shape,
+                                        None if prev is None else prev.detach().cpu().numpy())
+                if st is not None:
+                    new_state[e.name] = torch.from_numpy(np.ascontiguousarray(st))
+            else:
+                blob = encode_values(e.flat, spec, groups, rng_quant)
+            sections.append(bytes([DENSE]) + blob)
+            nnz += codec.values_sent(e.shape, spec) if codec.values_sent else e.flat.size
         else:
             sel = next(selections)
             if spec.quant == "kmeans" and sel.unit == 1:
@@ -241,7 +255,7 @@ def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int) ->
     if spec.zstd:
         body = zstandard.ZstdCompressor(level=spec.zstd_level, write_content_size=True).compress(body)
     header = write_header(spec, [TensorInfo(e.name, e.dtype, e.shape) for e in entries])
-    return seal(header + body), nnz
+    return seal(header + body), nnz, new_state
 
 
 def encode(update: Mapping[str, torch.Tensor], spec: SpecLike, *, round: int = 1, seed: int = 0) -> bytes:
@@ -293,21 +307,22 @@ def _report(entries: list[_Entry], decoded: Mapping[str, torch.Tensor], payload:
     )
 
 
-def _encode_report(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int
-                   ) -> tuple[bytes, dict[str, torch.Tensor], EncodeReport]:
-    payload, nnz = _encode(entries, spec, round, seed)
+def _encode_report(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
+                   state: Mapping[str, torch.Tensor] | None = None
+                   ) -> tuple[bytes, dict[str, torch.Tensor], EncodeReport, dict[str, torch.Tensor]]:
+    payload, nnz, new_state = _encode(entries, spec, round, seed, state)
     total = sum(e.flat.size for e in entries)
     # Decoding the real payload (rather than mirroring the math) guarantees the
     # report and the error-feedback residual describe exactly what was sent.
     decoded = decode_full(payload, max_numel=max(total, 1)).tensors
-    return payload, decoded, _report(entries, decoded, payload, nnz)
+    return payload, decoded, _report(entries, decoded, payload, nnz), new_state
 
 
 def encode_with_report(update: Mapping[str, torch.Tensor], spec: SpecLike, *, round: int = 1,
                        seed: int = 0) -> tuple[bytes, EncodeReport]:
     """Like :func:`encode`, also returning an :class:`EncodeReport`."""
     spec = parse_spec(spec)
-    payload, _, report = _encode_report(_entries(update), spec, round, seed)
+    payload, _, report, _ = _encode_report(_entries(update), spec, round, seed)
     return payload, report
 
 
@@ -338,15 +353,40 @@ def encode_with_feedback(update: Mapping[str, torch.Tensor], residual: Mapping[s
     -----
     Pure: inputs are not mutated.
     """
+    payload, residual, _, report = encode_with_state(update, residual, None, spec, round=round, seed=seed)
+    return payload, residual, report
+
+
+def encode_with_state(update: Mapping[str, torch.Tensor], residual: Mapping[str, torch.Tensor] | None,
+                      state: Mapping[str, torch.Tensor] | None, spec: SpecLike, *, round: int = 1, seed: int = 0
+                      ) -> tuple[bytes, dict[str, torch.Tensor] | None, dict[str, torch.Tensor], EncodeReport]:
+    """:func:`encode_with_feedback` for stages that keep client-side state between rounds.
+
+    Parameters
+    ----------
+    update, residual, spec, round, seed
+        As for :func:`encode_with_feedback`.
+    state : mapping of str to torch.Tensor or None
+        The codec state this client returned last time it encoded (e.g.
+        PowerSGD's warm-start factors, one per tensor); ``None`` or a missing
+        name means "no history".  Stateless stages ignore it.
+
+    Returns
+    -------
+    payload, new_residual, new_state, report
+        ``new_state`` is empty for stateless stages.  The payload never
+        depends on ``state`` for stateless stages, so ``encode_with_feedback``
+        and this function agree byte for byte on them.
+    """
     spec = parse_spec(spec)
     if not spec.error_feedback:
-        payload, report = encode_with_report(update, spec, round=round, seed=seed)
-        return payload, None, report
+        payload, _, report, new_state = _encode_report(_entries(update), spec, round, seed, state)
+        return payload, None, new_state, report
     _entries(update)  # validate names/dtypes/finiteness before combining with the residual
     comp = compensate(update, residual)
     entries = _entries(comp)
-    payload, decoded, report = _encode_report(entries, spec, round, seed)
-    return payload, new_residual(comp, decoded), report
+    payload, decoded, report, new_state = _encode_report(entries, spec, round, seed, state)
+    return payload, new_residual(comp, decoded), new_state, report
 
 
 # ------------------------------------------------------------------ decoding
@@ -367,8 +407,12 @@ def _decode_tensor(r: Reader, info: TensorInfo, spec: PipelineSpec) -> np.ndarra
     if layout == RAW:
         return np.frombuffer(r.take(4 * numel, "raw float32"), dtype="<f4").astype(np.float32)
     if layout == DENSE:
-        _need_bits(r, numel, info)
         groups = make_groups(spec.granularity, spec.block, numel, info.shape, None)
+        codec = VALUE_CODECS[spec.quant]
+        if codec.values_sent is None:
+            _need_bits(r, numel, info)
+        if codec.shaped:
+            return codec.decode(r, numel, spec, groups, info.shape)
         return decode_values(r, numel, spec, groups)
     slots, unit = _units(spec, info.shape)
     k = r.u32("kept count")

@@ -69,6 +69,8 @@ class Stage:
 
 
 _QUANT_CODE_KEYS = ("granularity", "entropy")
+#: quant stages that need the whole tensor (its shape, or every coordinate), so no pruning before them
+_DENSE_ONLY = {"powersgd"}
 
 #: Registry of stages, ``STAGES[kind][name]``.
 STAGES: dict[str, dict[str, Stage]] = {
@@ -100,6 +102,8 @@ STAGES: dict[str, dict[str, Stage]] = {
                        "DRIVE: randomized Hadamard rotation, 1 bit per coordinate + a scale per block"),
         "eden": Stage("quant", "eden", ("bits", "unbiased", "rot-block", "entropy"), (),
                       "EDEN: randomized Hadamard rotation, b-bit Lloyd-Max levels + a scale per block"),
+        "powersgd": Stage("quant", "powersgd", ("rank", "warm-start"), ("rank",),
+                          "PowerSGD: rank-r factors P, Q of each matrix (conv kernels as out x rest); vectors raw"),
     },
 }
 
@@ -150,6 +154,9 @@ KEYS: dict[str, _Key] = {
     "unbiased": _Key("unbiased", bool, True, doc="drive/eden: unbiased scale (else the MSE-optimal, biased one)"),
     "rot-block": _Key("rot_block", int, 1 << 16, lo=2, hi=1 << 24,
                       doc="drive/eden: largest rotation block, a power of two (tensors are padded to whole blocks)"),
+    "rank": _Key("rank", int, None, lo=1, hi=256, doc="powersgd: rank r of the factors"),
+    "warm-start": _Key("warm_start", bool, True,
+                       doc="powersgd: start the power step from the client's last Q (else a fresh Gaussian)"),
 }
 
 _ALIASES = {"error-feedback": "ef", "quantize": "quant", "quantization": "quant", "sparsity-coder": "coder"}
@@ -199,7 +206,7 @@ class PipelineSpec:
     schedule, warmup_rounds, warmup_start
         Keep-fraction schedule over rounds (see :mod:`compression.schedule`).
     quant : str
-        ``none | fp16 | bf16 | uniform | qsgd | sign | ternary | kmeans | drive | eden``.
+        ``none | fp16 | bf16 | uniform | qsgd | sign | ternary | kmeans | drive | eden | powersgd``.
     bits, mode, granularity, block, rounding, clusters
         Quantizer parameters (see :mod:`compression.quantize`).
     min_numel : int
@@ -215,6 +222,8 @@ class PipelineSpec:
         Whether clients should run error feedback with this pipeline.
     unbiased, rot_block
         Rotation quantizers (``drive``, ``eden``; see :mod:`compression.rotation`).
+    rank, warm_start
+        Low-rank stage (``powersgd``; see :mod:`compression.lowrank`).
     """
 
     prune: str = "none"
@@ -242,6 +251,8 @@ class PipelineSpec:
     ef: bool = False
     unbiased: bool = True
     rot_block: int = 1 << 16
+    rank: int | None = None
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         values = {}
@@ -382,6 +393,8 @@ def _validate(values: Mapping[str, Any]) -> None:
         raise SpecError("key 'bits' must be >= 2 for quant=qsgd (one sign bit plus levels)")
     if q == "eden" and values["bits"] > 4:
         raise SpecError("key 'bits' must be 1-4 for quant=eden (Lloyd-Max levels are tabulated up to 4 bits)")
+    if q in _DENSE_ONLY and values["prune"] != "none":
+        raise SpecError(f"quant={q} compresses whole tensors; it needs prune=none, not prune={values['prune']}")
     rb = values["rot-block"]
     if rb is not None and rb & (rb - 1):
         raise SpecError(f"invalid value {rb!r} for key 'rot-block': expected a power of two")

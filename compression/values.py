@@ -17,11 +17,11 @@ either bit-packed (``entropy=none``) or as a Huffman section::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from . import cast, cluster, quantize as q, rotation
+from . import cast, cluster, lowrank, quantize as q, rotation
 from .bitpack import pack_codes, unpack_codes
 from .entropy import decode_huffman, encode_huffman
 from .errors import PayloadError
@@ -34,10 +34,35 @@ __all__ = ["ValueCodec", "VALUE_CODECS", "encode_values", "decode_values"]
 
 @dataclass(frozen=True)
 class ValueCodec:
-    """Encoder/decoder pair registered for a ``quant`` stage name."""
+    """Encoder/decoder pair registered for a ``quant`` stage name.
 
-    encode: Callable[[np.ndarray, PipelineSpec, Groups, np.random.Generator], bytes]
-    decode: Callable[[Reader, int, PipelineSpec, Groups], np.ndarray]
+    Attributes
+    ----------
+    encode, decode
+        ``encode(x, spec, groups, rng) -> bytes`` and
+        ``decode(reader, count, spec, groups) -> values``.  A ``shaped`` codec
+        is instead called as ``encode(x, spec, groups, rng, shape, state)
+        -> (bytes, new_state)`` and ``decode(reader, count, spec, groups,
+        shape)``: it sees the tensor's shape and may keep per-tensor state
+        on the client between rounds (``state`` is its previous
+        ``new_state`` for this tensor, or ``None``).
+    shaped : bool
+        See above.
+    min_ndim : int
+        Tensors with fewer dimensions bypass the stage (sent as raw float32).
+    values_sent : callable or None
+        ``values_sent(shape, spec)``: values a dense block transmits, when
+        not one per element (for the report's ``nnz``).  A codec that sends
+        fewer than one bit per element must check its block length itself,
+        before allocating, since the codec's generic one-bit-per-value
+        check is skipped for it.
+    """
+
+    encode: Callable[..., Any]
+    decode: Callable[..., np.ndarray]
+    shaped: bool = False
+    min_ndim: int = 0
+    values_sent: Callable[[tuple[int, ...], PipelineSpec], int] | None = None
 
 
 def _f32(a: np.ndarray) -> bytes:
@@ -175,6 +200,17 @@ def _dec_eden(r, count, spec, groups):
                                 huffman=spec.entropy == "huffman")
 
 
+# ---------------------------------------------------------------- low rank (PowerSGD)
+
+def _enc_powersgd(x, spec, groups, rng, shape, state):
+    warm = state if spec.warm_start else None
+    return lowrank.powersgd_encode(x, shape, spec.rank, warm, rng)
+
+
+def _dec_powersgd(r, count, spec, groups, shape):
+    return lowrank.powersgd_decode(r, shape, spec.rank)
+
+
 #: Registry: ``quant`` stage name -> value codec.
 VALUE_CODECS: dict[str, ValueCodec] = {
     "none": ValueCodec(_enc_none, _dec_none),
@@ -187,6 +223,8 @@ VALUE_CODECS: dict[str, ValueCodec] = {
     "kmeans": ValueCodec(_enc_kmeans, _dec_kmeans),
     "drive": ValueCodec(_enc_drive, _dec_drive),
     "eden": ValueCodec(_enc_eden, _dec_eden),
+    "powersgd": ValueCodec(_enc_powersgd, _dec_powersgd, shaped=True, min_ndim=2,
+                           values_sent=lambda shape, spec: lowrank.values_sent(shape, spec.rank)),
 }
 
 
