@@ -19,7 +19,7 @@ compressor families :mod:`.rotation` (DRIVE, EDEN), :mod:`.lowrank`
 """
 
 from .codec import (DecodedPayload, EncodeReport, decode, decode_full, encode, encode_with_feedback,
-                    encode_with_report, encode_with_state, peek_spec)
+                    encode_with_report, encode_with_state, peek_spec, read_blocks, server_aggregator)
 from .errors import PayloadError, SpecError, UpdateError
 from .prune import register_importance
 from .spec import KEYS, PRESET_SPECS, STAGES, PipelineSpec, parse_spec
@@ -35,6 +35,8 @@ __all__ = [
     "encode_with_report",
     "encode_with_feedback",
     "encode_with_state",
+    "server_aggregator",
+    "read_blocks",
     "decode",
     "decode_full",
     "peek_spec",

@@ -46,6 +46,8 @@ __all__ = [
     "encode_with_report",
     "encode_with_feedback",
     "encode_with_state",
+    "read_blocks",
+    "server_aggregator",
     "decode",
     "decode_full",
     "peek_spec",
@@ -498,6 +500,42 @@ def decode(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | None = N
         unsorted, invalid codes, non-finite values, unexpected names/shapes.
     """
     return decode_full(payload, expected=expected, max_numel=max_numel).tensors
+
+
+def read_blocks(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | None = None,
+                max_numel: int = 50_000_000) -> tuple[PipelineSpec, list[tuple[TensorInfo, int, Reader]]]:
+    """The undecoded value block of every tensor, for aggregation in the compressed domain.
+
+    Parses and checks the header (and the ``expected`` names and shapes) like
+    :func:`decode_full`, then returns ``(info, layout, reader)`` per tensor,
+    the reader positioned after the layout byte.  The blocks' contents are
+    not validated here: call it on payloads that :func:`decode` accepted.
+    """
+    r = Reader(unseal(payload))
+    spec, infos = read_header(r, max_numel)
+    if expected is not None and {i.name: i.shape for i in infos} != {k: tuple(v) for k, v in expected.items()}:
+        raise PayloadError("payload tensors differ from expected")
+    body = Reader(_body(r.take_all(), spec, infos), "body")
+    out = []
+    for info in infos:
+        sec = body.section(f"tensor {info.name!r}")
+        out.append((info, sec.u8("layout"), sec))
+    body.finish()
+    return spec, out
+
+
+def server_aggregator(spec: SpecLike, shapes: Mapping[str, tuple[int, ...]]):
+    """The server-side aggregation object the spec's stage declares, or ``None``.
+
+    A stage whose payloads the server combines without decoding them (FetchSGD
+    sums count sketches) declares a factory in its value codec; the server
+    then calls ``aggregator.aggregate(payloads, weights) -> delta`` instead of
+    averaging decoded updates, and checkpoints ``aggregator.state`` (a
+    ``{name: tensor}`` mapping, restored with ``aggregator.load_state``).
+    """
+    spec = parse_spec(spec)
+    factory = VALUE_CODECS[spec.quant].aggregator
+    return None if factory is None else factory(spec, shapes)
 
 
 def peek_spec(payload: bytes) -> PipelineSpec:

@@ -70,7 +70,7 @@ class Stage:
 
 _QUANT_CODE_KEYS = ("granularity", "entropy")
 #: quant stages that need the whole tensor (its shape, or every coordinate), so no pruning before them
-_DENSE_ONLY = {"powersgd"}
+_DENSE_ONLY = {"powersgd", "fetchsgd"}
 
 #: Registry of stages, ``STAGES[kind][name]``.
 STAGES: dict[str, dict[str, Stage]] = {
@@ -104,6 +104,9 @@ STAGES: dict[str, dict[str, Stage]] = {
                       "EDEN: randomized Hadamard rotation, b-bit Lloyd-Max levels + a scale per block"),
         "powersgd": Stage("quant", "powersgd", ("rank", "warm-start"), ("rank",),
                           "PowerSGD: rank-r factors P, Q of each matrix (conv kernels as out x rest); vectors raw"),
+        "fetchsgd": Stage("quant", "fetchsgd", ("rows", "sketch-size", "keep", "sketch-momentum"), ("keep",),
+                          "FetchSGD: count sketch per tensor; the server sums sketches, keeps momentum and error "
+                          "in sketch space and applies the top-k"),
     },
 }
 
@@ -157,6 +160,11 @@ KEYS: dict[str, _Key] = {
     "rank": _Key("rank", int, None, lo=1, hi=256, doc="powersgd: rank r of the factors"),
     "warm-start": _Key("warm_start", bool, True,
                        doc="powersgd: start the power step from the client's last Q (else a fresh Gaussian)"),
+    "rows": _Key("rows", int, 5, lo=1, hi=32, doc="fetchsgd: count-sketch rows"),
+    "sketch-size": _Key("sketch_size", float, 0.1, lo=0.0, hi=4.0,
+                        doc="fetchsgd: sketch cells per tensor element (rows * cols ~ sketch-size * numel), > 0"),
+    "sketch-momentum": _Key("sketch_momentum", float, 0.9, lo=0.0, hi=0.999,
+                            doc="fetchsgd: server momentum rho in sketch space"),
 }
 
 _ALIASES = {"error-feedback": "ef", "quantize": "quant", "quantization": "quant", "sparsity-coder": "coder"}
@@ -206,7 +214,7 @@ class PipelineSpec:
     schedule, warmup_rounds, warmup_start
         Keep-fraction schedule over rounds (see :mod:`compression.schedule`).
     quant : str
-        ``none | fp16 | bf16 | uniform | qsgd | sign | ternary | kmeans | drive | eden | powersgd``.
+        ``none | fp16 | bf16 | uniform | qsgd | sign | ternary | kmeans | drive | eden | powersgd | fetchsgd``.
     bits, mode, granularity, block, rounding, clusters
         Quantizer parameters (see :mod:`compression.quantize`).
     min_numel : int
@@ -224,6 +232,9 @@ class PipelineSpec:
         Rotation quantizers (``drive``, ``eden``; see :mod:`compression.rotation`).
     rank, warm_start
         Low-rank stage (``powersgd``; see :mod:`compression.lowrank`).
+    rows, sketch_size, sketch_momentum
+        Count-sketch stage (``fetchsgd``; see :mod:`compression.sketch`);
+        it also reads ``keep``, the top-k fraction the server applies.
     """
 
     prune: str = "none"
@@ -253,6 +264,9 @@ class PipelineSpec:
     rot_block: int = 1 << 16
     rank: int | None = None
     warm_start: bool = True
+    rows: int = 5
+    sketch_size: float = 0.1
+    sketch_momentum: float = 0.9
 
     def __post_init__(self) -> None:
         values = {}
@@ -357,7 +371,7 @@ def _coerce(name: str, key: _Key, v: Any) -> Any:
             raise bad
         if (key.lo is not None and v < key.lo) or (key.hi is not None and v > key.hi):
             raise bad
-        if key.field == "warmup_start" and v <= 0.0:
+        if key.field in ("warmup_start", "sketch_size") and v <= 0.0:
             raise bad
         return v
     if not isinstance(v, str):

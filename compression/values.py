@@ -16,12 +16,13 @@ either bit-packed (``entropy=none``) or as a Huffman section::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from . import cast, cluster, lowrank, quantize as q, rotation
+from . import cast, cluster, lowrank, quantize as q, rotation, sketch
 from .bitpack import pack_codes, unpack_codes
 from .entropy import decode_huffman, encode_huffman
 from .errors import PayloadError
@@ -50,6 +51,11 @@ class ValueCodec:
         See above.
     min_ndim : int
         Tensors with fewer dimensions bypass the stage (sent as raw float32).
+    aggregator : callable or None
+        ``aggregator(spec, shapes)``: a server-side aggregation object for
+        stages whose payloads the server combines in the compressed domain
+        (FetchSGD's sketches); see :func:`compression.server_aggregator`.
+        ``None``: the server averages decoded updates.
     values_sent : callable or None
         ``values_sent(shape, spec)``: values a dense block transmits, when
         not one per element (for the report's ``nnz``).  A codec that sends
@@ -63,6 +69,7 @@ class ValueCodec:
     shaped: bool = False
     min_ndim: int = 0
     values_sent: Callable[[tuple[int, ...], PipelineSpec], int] | None = None
+    aggregator: Callable[..., Any] | None = None
 
 
 def _f32(a: np.ndarray) -> bytes:
@@ -211,6 +218,21 @@ def _dec_powersgd(r, count, spec, groups, shape):
     return lowrank.powersgd_decode(r, shape, spec.rank)
 
 
+# ---------------------------------------------------------------- count sketch (FetchSGD)
+
+def _enc_fetchsgd(x, spec, groups, rng):
+    return sketch.sketch_encode(x, rows=spec.rows, size=spec.sketch_size)
+
+
+def _dec_fetchsgd(r, count, spec, groups):
+    return sketch.sketch_decode(r, count, rows=spec.rows, size=spec.sketch_size, keep=spec.keep)
+
+
+def _fetchsgd_cells(shape, spec):
+    rows, cols = sketch.table_shape(math.prod(shape), spec.rows, spec.sketch_size)
+    return rows * cols
+
+
 #: Registry: ``quant`` stage name -> value codec.
 VALUE_CODECS: dict[str, ValueCodec] = {
     "none": ValueCodec(_enc_none, _dec_none),
@@ -225,6 +247,8 @@ VALUE_CODECS: dict[str, ValueCodec] = {
     "eden": ValueCodec(_enc_eden, _dec_eden),
     "powersgd": ValueCodec(_enc_powersgd, _dec_powersgd, shaped=True, min_ndim=2,
                            values_sent=lambda shape, spec: lowrank.values_sent(shape, spec.rank)),
+    "fetchsgd": ValueCodec(_enc_fetchsgd, _dec_fetchsgd, values_sent=_fetchsgd_cells,
+                           aggregator=sketch.FetchSGDAggregator),
 }
 
 

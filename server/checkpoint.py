@@ -6,6 +6,8 @@ Layout under ``<out-dir>/checkpoint/``::
     weights.npz      the global model w
     broadcast.npz    the model clients reconstruct (downlink state)
     optimizer.npz    server optimizer moments (FedAvgM / FedAdam), if any
+    aggregator.npz   state of a compressed-domain aggregator, if the uplink stage has one
+                     (FetchSGD: momentum and error count sketches, see compression.sketch)
     history.bin      delta-downlink payloads, concatenated (lengths in state.json)
 
 A new checkpoint is written to a fresh directory and swapped in with
@@ -16,7 +18,8 @@ generator seeded by ``(seed, round, ...)``.
 
 Client-side state (error-feedback residuals, the clients' broadcast models)
 lives in Flower's ``Context.state``, which a restarted simulation does not
-have: after a resume every client starts with a zero residual and is treated
+have: after a resume every client starts with a zero residual (and no codec
+state: PowerSGD clients start from a fresh warm-start factor) and is treated
 as never contacted (it gets the delta chain from version 0, or the float32
 model if that is cheaper).
 """
@@ -53,6 +56,7 @@ class Checkpoint:
     broadcast: dict[str, torch.Tensor]
     optimizer_state: dict[str, dict[str, torch.Tensor]]
     history: list[bytes]
+    aggregator_state: dict[str, torch.Tensor] | None = None
 
 
 def _save_npz(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -75,6 +79,8 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
     _save_npz(staging / "broadcast.npz", ckpt.broadcast)
     for name, tensors in ckpt.optimizer_state.items():
         _save_npz(staging / f"optimizer-{name}.npz", tensors)
+    if ckpt.aggregator_state:
+        _save_npz(staging / "aggregator.npz", ckpt.aggregator_state)
     (staging / "history.bin").write_bytes(b"".join(ckpt.history))
     state = {
         "format": _FORMAT,
@@ -141,6 +147,7 @@ def load_checkpoint(out_dir: Path, config: dict[str, Any]) -> Checkpoint | None:
             broadcast=_load_npz(root / "broadcast.npz"),
             optimizer_state={m: _load_npz(root / f"optimizer-{m}.npz") for m in state["optimizer_moments"]},
             history=history,
+            aggregator_state=_load_npz(root / "aggregator.npz") if (root / "aggregator.npz").exists() else None,
         )
     except (OSError, KeyError, ValueError) as exc:
         if isinstance(exc, CheckpointError):

@@ -166,6 +166,7 @@ class _Run:
     resume_handshake_bytes: int = 0
     resumed_at: int | None = None
     stage_rows: list[dict[str, Any]] | None = None
+    aggregator: Any = None  # the uplink stage's compressed-domain aggregator (FetchSGD), else None
 
     def evaluate(self) -> tuple[float, float]:
         x, y = test_tensors(self.cfg.data_dir or None)
@@ -225,6 +226,11 @@ def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
     down_spec = resolve_pipeline(cfg.downlink)
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
     up_spec = resolve_pipeline(cfg.uplink)
+    aggregator = compression.server_aggregator(up_spec, shapes)
+    if aggregator is not None and cfg.server_optimizer != "fedavg":
+        # the stage keeps its own momentum (in its compressed domain); a second one would compound it
+        raise ValueError(f"uplink {up_spec} aggregates on the server with its own momentum; "
+                         f"it needs server-optimizer='fedavg', not {cfg.server_optimizer!r}")
     return _Run(
         cfg=cfg,
         out_dir=out_dir,
@@ -240,6 +246,7 @@ def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
         ledger=None,
         started=time.perf_counter(),
         payload_bound=payload_bound(up_spec, shapes, cfg.seed),
+        aggregator=aggregator,
     )
 
 
@@ -351,8 +358,12 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     row.clients = sorted(clients.values(), key=lambda c: c.partition_id)
 
     if len(accepted) >= cfg.min_train_results:
-        updates = [mask_state(a.update, mode.masks) if mode.masks else a.update for a in accepted]
-        delta = weighted_mean(updates, [a.num_examples for a in accepted])
+        if run.aggregator is not None:
+            delta = run.aggregator.aggregate([a.payload for a in accepted], [a.num_examples for a in accepted])
+            delta = mask_state(delta, mode.masks) if mode.masks else delta
+        else:
+            updates = [mask_state(a.update, mode.masks) if mode.masks else a.update for a in accepted]
+            delta = weighted_mean(updates, [a.num_examples for a in accepted])
         run.weights = run.optimizer.step(run.weights, delta)
         if mode.masks:  # a server optimizer with momentum would otherwise revive pruned weights
             run.weights = mask_state(run.weights, mode.masks)
@@ -446,7 +457,7 @@ def _checkpoint(run: _Run, round_: int) -> None:
     save_checkpoint(run.out_dir, Checkpoint(
         round=round_, ledger_rows=len(run.ledger.rows), config=run.cfg.to_mapping(), weights=run.weights,
         broadcast=run.broadcaster.broadcast, optimizer_state=run.optimizer.state,
-        history=run.broadcaster.history))
+        history=run.broadcaster.history, aggregator_state=run.aggregator.state if run.aggregator else None))
 
 
 def _resume(run: _Run) -> int:
@@ -459,6 +470,8 @@ def _resume(run: _Run) -> int:
         run.ledger = Ledger(run.out_dir, *pipelines)
         return 0
     run.weights, run.optimizer.state = ckpt.weights, ckpt.optimizer_state
+    if run.aggregator is not None:
+        run.aggregator.load_state(ckpt.aggregator_state or {})
     run.broadcaster.broadcast, run.broadcaster.history = ckpt.broadcast, ckpt.history
     run.ledger = Ledger(run.out_dir, *pipelines, keep_rows=ckpt.ledger_rows)
     run.started = time.perf_counter() - float(run.ledger.rows[-1]["wall_s"])

@@ -49,6 +49,7 @@ class Accepted:
     train_loss: float
     train_s: float = 0.0  # the client's own timings, for the ledger's time breakdown
     encode_s: float = 0.0
+    payload: bytes = b""  # kept for stages the server aggregates in the compressed domain (FetchSGD)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def screen_reply(
         train_loss=float(loss) if isinstance(loss, (int, float)) else float("nan"),
         train_s=_seconds(metrics.get("train-s")),
         encode_s=_seconds(metrics.get("encode-s")),
+        payload=payload,
     )
 
 
