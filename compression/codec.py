@@ -409,10 +409,10 @@ def _decode_tensor(r: Reader, info: TensorInfo, spec: PipelineSpec) -> np.ndarra
     if layout == RAW:
         return np.frombuffer(r.take(4 * numel, "raw float32"), dtype="<f4").astype(np.float32)
     if layout == DENSE:
-        groups = make_groups(spec.granularity, spec.block, numel, info.shape, None)
         codec = VALUE_CODECS[spec.quant]
         if codec.values_sent is None:
             _need_bits(r, numel, info)
+        groups = make_groups(spec.granularity, spec.block, numel, info.shape, None)
         if codec.shaped:
             return codec.decode(r, numel, spec, groups, info.shape)
         return decode_values(r, numel, spec, groups)

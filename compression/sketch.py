@@ -77,7 +77,7 @@ def table_shape(numel: int, rows: int, size: float) -> tuple[int, int]:
 
 
 def hashes(numel: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bucket (``int64``, ``rows x numel``) and sign (``float64``, +-1) hashes, memoized.
+    """Bucket (``int64``, ``rows x numel``) and sign (``int8``, +-1) hashes, memoized.
 
     A fixed function of ``(numel, rows, cols)``: every party derives the same ones.
     """
@@ -88,7 +88,7 @@ def hashes(numel: int, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
         return hit
     rng = np.random.default_rng([_HASH_SEED, numel, rows, cols])
     buckets = rng.integers(0, cols, size=(rows, numel), dtype=np.int64)
-    signs = (2.0 * rng.integers(0, 2, size=(rows, numel), dtype=np.int8) - 1.0)
+    signs = 2 * rng.integers(0, 2, size=(rows, numel), dtype=np.int8) - 1
     _CACHE[key] = (buckets, signs)
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)

@@ -161,8 +161,10 @@ KEYS: dict[str, _Key] = {
     "warm-start": _Key("warm_start", bool, True,
                        doc="powersgd: start the power step from the client's last Q (else a fresh Gaussian)"),
     "rows": _Key("rows", int, 5, lo=1, hi=32, doc="fetchsgd: count-sketch rows"),
-    "sketch-size": _Key("sketch_size", float, 0.1, lo=0.0, hi=4.0,
-                        doc="fetchsgd: sketch cells per tensor element (rows * cols ~ sketch-size * numel), > 0"),
+    # >= 1/64: a payload must hold >= numel/16 bytes per sketched tensor, which bounds the hashing
+    # work and memory a (hostile) header can ask of the decoder relative to the payload's size
+    "sketch-size": _Key("sketch_size", float, 0.1, lo=1 / 64, hi=4.0,
+                        doc="fetchsgd: sketch cells per tensor element (rows * cols ~ sketch-size * numel), >= 1/64"),
     "sketch-momentum": _Key("sketch_momentum", float, 0.9, lo=0.0, hi=0.999,
                             doc="fetchsgd: server momentum rho in sketch space"),
 }
@@ -371,7 +373,7 @@ def _coerce(name: str, key: _Key, v: Any) -> Any:
             raise bad
         if (key.lo is not None and v < key.lo) or (key.hi is not None and v > key.hi):
             raise bad
-        if key.field in ("warmup_start", "sketch_size") and v <= 0.0:
+        if key.field == "warmup_start" and v <= 0.0:
             raise bad
         return v
     if not isinstance(v, str):
@@ -505,4 +507,8 @@ PRESET_SPECS: dict[str, str] = {
     "stc": "prune=topk,keep=0.01,quant=ternary,ef=true,coder=golomb",
     "fedzip-like": "prune=topk,keep=0.01,quant=kmeans,clusters=3,entropy=huffman",
     "structured-50pct": "prune=structured,keep=0.5,norm=l2",
+    "drive": "quant=drive",
+    "eden-2bit": "quant=eden,bits=2",
+    "powersgd-r2": "quant=powersgd,rank=2,ef=true",
+    "fetchsgd": "quant=fetchsgd,keep=0.01,sketch-size=0.25",
 }

@@ -12,7 +12,8 @@ Contract under test:
 Inputs come from valid payloads of several pipelines (the presets fp32, q8,
 stc, fedzip-like, structured-50pct, sign-ef plus a few more stage
 combinations: zstd, huffman, elias/bitmap coders, block granularity, qsgd,
-random-k, threshold, fp16/bf16), mutated by truncation, extension, bit
+random-k, threshold, fp16/bf16, and the rotation, low-rank and sketch
+families: drive, eden, powersgd, fetchsgd), mutated by truncation, extension, bit
 flips, byte/u32 overwrites, insertions, deletions, header/body splices, spec
 swaps, forged tensor tables and NaN/Inf injection. Most mutants are re-sealed
 (CRC recomputed) so that the structural checks behind the CRC are reached.
@@ -85,6 +86,10 @@ PIPELINES = {
     "topk-elias-affine": "prune=topk,keep=0.05,quant=uniform,bits=3,mode=affine,coder=elias",
     "threshold-bitmap": "prune=threshold,threshold=0.01,coder=bitmap",
     "structured-kmeans": "prune=structured,keep=0.25,quant=kmeans,clusters=4",
+    "drive": "drive",
+    "eden-3bit-huffman-biased": "quant=eden,bits=3,entropy=huffman,unbiased=false,rot-block=1024",
+    "powersgd-r2": "powersgd-r2",
+    "fetchsgd": "quant=fetchsgd,keep=0.05,rows=3,sketch-size=0.2",
 }
 
 SHAPES = {k: tuple(v.shape) for k, v in initial_state("seed-cnn", 0).items()}

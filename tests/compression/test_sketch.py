@@ -30,7 +30,7 @@ def test_hashes_are_shared_and_deterministic():
     sketch._CACHE.clear()
     c = sketch.hashes(1000, 5, 77)
     assert np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1])
-    assert set(np.unique(c[1])) == {-1.0, 1.0} and c[0].min() >= 0 and c[0].max() < 77
+    assert set(np.unique(c[1])) == {-1, 1} and c[0].min() >= 0 and c[0].max() < 77
 
 
 def test_linearity():
