@@ -1,8 +1,10 @@
 """Value blocks: the transmitted values of one tensor, quantized and coded.
 
-One registry entry per ``quant`` stage maps float32 values (with their
-parameter groups) to bytes and back.  Layout, after which the codes follow
-either bit-packed (``entropy=none``) or as a Huffman section::
+The built-in ``quant`` stages' coders: each pair maps float32 values (with
+their parameter groups) to bytes and back; :mod:`compression.builtin`
+registers them as :class:`~compression.QuantStage` objects.  Layout, after
+which the codes follow either bit-packed (``entropy=none``) or as a Huffman
+section::
 
     none            count * f32
     fp16 / bf16     count * 2 bytes
@@ -14,28 +16,17 @@ either bit-packed (``entropy=none``) or as a Huffman section::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
 from . import cast, cluster, quantize as q
 from .bitpack import pack_codes, unpack_codes
 from .entropy import decode_huffman, encode_huffman
 from .errors import PayloadError
-from .quantize import Groups
+from .registry import STAGES, QuantStage, ValueContext
 from .spec import PipelineSpec
 from .wire import Reader
 
-__all__ = ["ValueCodec", "VALUE_CODECS", "encode_values", "decode_values"]
-
-
-@dataclass(frozen=True)
-class ValueCodec:
-    """Encoder/decoder pair registered for a ``quant`` stage name."""
-
-    encode: Callable[[np.ndarray, PipelineSpec, Groups, np.random.Generator], bytes]
-    decode: Callable[[Reader, int, PipelineSpec, Groups], np.ndarray]
+__all__ = ["encode_values", "decode_values"]
 
 
 def _f32(a: np.ndarray) -> bytes:
@@ -148,24 +139,20 @@ def _dec_kmeans(r, count, spec, groups):
     return c[codes]
 
 
-#: Registry: ``quant`` stage name -> value codec.
-VALUE_CODECS: dict[str, ValueCodec] = {
-    "none": ValueCodec(_enc_none, _dec_none),
-    "fp16": ValueCodec(_enc_fp16, _dec_fp16),
-    "bf16": ValueCodec(_enc_bf16, _dec_bf16),
-    "uniform": ValueCodec(_enc_uniform, _dec_uniform),
-    "qsgd": ValueCodec(_enc_qsgd, _dec_qsgd),
-    "sign": ValueCodec(_enc_sign, _dec_sign),
-    "ternary": ValueCodec(_enc_sign, _dec_sign),
-    "kmeans": ValueCodec(_enc_kmeans, _dec_kmeans),
-}
+def encode_values(x: np.ndarray, ctx: ValueContext) -> bytes:
+    """Quantize and code the float32 values ``x`` with the spec's registered ``quant`` stage."""
+    stage = STAGES["quant"][ctx.spec.quant]
+    out = stage.encode(x, ctx)
+    if not isinstance(out, (bytes, bytearray)):
+        raise TypeError(f"quant={stage.name}: encode returned {type(out).__name__}, expected bytes")
+    return bytes(out)
 
 
-def encode_values(x: np.ndarray, spec: PipelineSpec, groups: Groups, rng: np.random.Generator) -> bytes:
-    """Quantize and code the float32 values ``x`` with the spec's ``quant`` stage."""
-    return VALUE_CODECS[spec.quant].encode(x, spec, groups, rng)
-
-
-def decode_values(r: Reader, count: int, spec: PipelineSpec, groups: Groups) -> np.ndarray:
-    """Read ``count`` values coded by :func:`encode_values` (float32, finiteness unchecked)."""
-    return VALUE_CODECS[spec.quant].decode(r, count, spec, groups)
+def decode_values(r: Reader, ctx: ValueContext) -> np.ndarray:
+    """Read ``ctx.count`` values coded by :func:`encode_values` (float32, finiteness unchecked)."""
+    stage: QuantStage = STAGES["quant"][ctx.spec.quant]  # type: ignore[assignment]
+    out = stage.decode(r, ctx)
+    if not isinstance(out, np.ndarray) or out.shape != (ctx.count,):
+        raise PayloadError(f"quant={stage.name}: decoded {getattr(out, 'shape', type(out).__name__)} values, "
+                           f"expected ({ctx.count},)")
+    return out.astype(np.float32, copy=False)
