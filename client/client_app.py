@@ -8,6 +8,7 @@ import logging
 # warning about it in every process. Not actionable here, so silenced before the import.
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -26,7 +27,7 @@ def _load_state(context: Context) -> ClientState:
     residual = st[_EF].to_torch_state_dict() if _EF in st else None
     broadcast = st[_BCAST].to_torch_state_dict() if _BCAST in st else None
     version = int(st[_BCAST_META]["version"]) if _BCAST_META in st else -1
-    codec_state = st[_CODEC].to_torch_state_dict() if _CODEC in st else None
+    codec_state = {k: v.numpy() for k, v in st[_CODEC].to_torch_state_dict().items()} if _CODEC in st else None
     return ClientState(residual, broadcast, version, codec_state)
 
 
@@ -37,7 +38,8 @@ def _save_state(context: Context, state: ClientState) -> None:
         context.state[_BCAST] = ArrayRecord(torch_state_dict=state.broadcast)
         context.state[_BCAST_META] = ConfigRecord({"version": state.version})
     if state.codec_state:
-        context.state[_CODEC] = ArrayRecord(torch_state_dict=state.codec_state)
+        context.state[_CODEC] = ArrayRecord(torch_state_dict={k: torch.from_numpy(v)
+                                                              for k, v in state.codec_state.items()})
 
 
 def _partition(context: Context) -> tuple[int, int]:

@@ -81,14 +81,16 @@ class ClientState:
 
     ``residual``: uplink error-feedback memory (``None`` = zeros).
     ``broadcast`` / ``version``: the last model received in delta-downlink mode.
-    ``codec_state``: what a stateful uplink stage keeps between this client's
-    rounds (PowerSGD's warm-start factors; see :func:`compression.encode_with_state`).
+    ``codec_state``: what stateful uplink stages keep between this client's
+    rounds (PowerSGD's warm-start factors), the flat ``"<tensor>/<key>"``
+    mapping of numpy arrays that :func:`compression.encode_with_feedback`
+    reads and updates as its ``state``.
     """
 
     residual: dict[str, torch.Tensor] | None = None
     broadcast: dict[str, torch.Tensor] | None = None
     version: int = -1
-    codec_state: dict[str, torch.Tensor] | None = None
+    codec_state: dict[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -221,8 +223,9 @@ def run_local_round(
 
     t0 = time.perf_counter()
     spec = compression.parse_spec(ins.uplink)
-    payload, residual, codec_state, report = compression.encode_with_state(update, residual_in, state.codec_state, spec,
-                                                                           round=ins.round, seed=seed)
+    codec_state = dict(state.codec_state or {})  # a copy: the codec updates it in place
+    payload, residual, report = compression.encode_with_feedback(update, residual_in, spec, round=ins.round, seed=seed,
+                                                                 state=codec_state)
     if masks and residual is not None:
         residual = mask_state(residual, masks)
     encode_s = time.perf_counter() - t0

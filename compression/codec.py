@@ -7,7 +7,8 @@ the tensor's shape (so the decoder can insist on it):
     float32 bytes, untouched: identity pipelines, tensors with fewer than
     ``min-numel`` elements and empty tensors.
 ``DENSE``
-    every value through the ``quant`` stage (``prune=none``, or
+    every value through the ``quant`` stage (the prune stage's
+    :meth:`~compression.PruneStage.layout` says so: ``prune=none``, or
     ``prune=structured`` on a tensor with fewer than two dimensions).
 ``SPARSE``
     a u32 count ``k``, the kept positions (elements, or rows for structured
@@ -21,6 +22,7 @@ u32-length-prefixed and follow the header in header order.
 from __future__ import annotations
 
 import math
+from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Union
 
@@ -33,9 +35,10 @@ from .errors import PayloadError, UpdateError
 from .feedback import compensate, new_residual
 from .positions import decode_positions, encode_positions
 from .quantize import make_groups
+from .registry import DENSE, RAW, SPARSE, STAGES, PruneContext, ValueContext
 from .schedule import keep_fraction
 from .spec import PipelineSpec, parse_spec
-from .values import VALUE_CODECS, decode_values, encode_values
+from .values import decode_values, encode_values
 from .wire import (DTYPE_CODES, MAX_NAME_BYTES, MAX_NDIM, MAX_TENSOR_NUMEL, MAX_TENSORS, Reader, TensorInfo,
                    read_header, seal, unseal, write_header)
 
@@ -45,18 +48,16 @@ __all__ = [
     "encode",
     "encode_with_report",
     "encode_with_feedback",
-    "encode_with_state",
-    "read_blocks",
-    "server_aggregator",
     "decode",
     "decode_full",
     "peek_spec",
     "RAW",
     "DENSE",
     "SPARSE",
+    "read_blocks",
+    "server_aggregator",
 ]
 
-RAW, DENSE, SPARSE = 0, 1, 2
 SpecLike = Union[str, Mapping[str, Any], PipelineSpec]
 _ZSTD_BYTES_PER_ELEMENT = 16
 _ZSTD_BYTES_PER_TENSOR = 2048
@@ -157,19 +158,12 @@ def _layout(spec: PipelineSpec, shape: tuple[int, ...]) -> int:
     numel = math.prod(shape)
     if spec.is_identity or numel == 0 or numel < spec.min_numel:
         return RAW
-    if len(shape) < VALUE_CODECS[spec.quant].min_ndim:  # e.g. biases under a low-rank stage
-        return RAW
-    if spec.prune == "none" or (spec.prune == "structured" and len(shape) < 2):
-        return DENSE
-    return SPARSE
+    return STAGES["prune"][spec.prune].layout(spec, shape)
 
 
 def _units(spec: PipelineSpec, shape: tuple[int, ...]) -> tuple[int, int]:
     """(number of position slots, elements per slot) of a SPARSE tensor."""
-    numel = math.prod(shape)
-    if spec.prune == "structured":
-        return shape[0], numel // shape[0]
-    return numel, 1
+    return STAGES["prune"][spec.prune].units(spec, shape)
 
 
 def _rngs(seed: int, round: int) -> tuple[np.random.Generator, np.random.Generator]:
@@ -181,25 +175,53 @@ def _rngs(seed: int, round: int) -> tuple[np.random.Generator, np.random.Generat
 
 def _select(spec: PipelineSpec, entries: list[_Entry], round: int,
             rng: np.random.Generator) -> list[pr.Selection]:
-    arrays = [e.flat for e in entries]
+    stage = STAGES["prune"][spec.prune]
+    keep = None
     if spec.keep is not None:
         keep = keep_fraction(spec.keep, round, spec.schedule, warmup_rounds=spec.warmup_rounds,
                              warmup_start=spec.warmup_start)
-    if spec.prune == "topk":
-        return pr.topk(arrays, keep, scope=spec.scope, importance=spec.importance)
-    if spec.prune == "threshold":
-        return pr.threshold(arrays, spec.threshold, importance=spec.importance)
-    if spec.prune == "randk":
-        return pr.randk(arrays, keep, rng, scope=spec.scope, rescale=spec.rescale)
-    if spec.prune == "structured":
-        return pr.structured(arrays, [e.shape for e in entries], keep, norm=spec.norm)
-    raise AssertionError(spec.prune)
+    ctx = PruneContext(spec, [e.name for e in entries], [e.shape for e in entries], keep, round, rng)
+    selections = list(stage.select([e.flat for e in entries], ctx))
+    if len(selections) != len(entries):
+        raise ValueError(f"prune={stage.name}: {len(selections)} selections for {len(entries)} tensors")
+    for e, sel in zip(entries, selections):
+        slots, unit = stage.units(spec, e.shape)
+        idx = getattr(sel, "index", None)
+        if (not isinstance(sel, pr.Selection) or sel.unit != unit or not isinstance(idx, np.ndarray)
+                or idx.dtype != np.int64 or idx.ndim != 1 or not math.isfinite(sel.scale)
+                or (idx.size and (idx[0] < 0 or idx[-1] >= slots or (idx.size > 1 and not (np.diff(idx) > 0).all())))):
+            raise ValueError(f"prune={stage.name}: tensor {e.name!r} needs a Selection of unit {unit} with sorted "
+                             f"unique int64 indices below {slots}")
+    return selections
+
+
+class _TensorState(MutableMapping):
+    """One tensor's view of the caller's flat state mapping: keys are stored as ``"<tensor>/<key>"``."""
+
+    def __init__(self, store: MutableMapping[str, Any], tensor: str) -> None:
+        self._store, self._prefix = store, tensor + "/"
+
+    def __getitem__(self, key: str) -> Any:
+        return self._store[self._prefix + key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._store[self._prefix + key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._store[self._prefix + key]
+
+    def __iter__(self):
+        n = len(self._prefix)
+        return iter([k[n:] for k in list(self._store) if k.startswith(self._prefix)])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 # ------------------------------------------------------------------ encoding
 
 def _without_zeros(sel: pr.Selection, flat: np.ndarray) -> pr.Selection:
-    """Drop the kept elements whose value is exactly zero (weight sharing only).
+    """Drop the kept elements whose value is exactly zero (stages with ``drop_kept_zeros``: k-means).
 
     Top-k keeps ``ceil(keep * n)`` positions even when fewer values are
     non-zero, filling up with zeros.  Under k-means a kept zero costs a
@@ -212,10 +234,15 @@ def _without_zeros(sel: pr.Selection, flat: np.ndarray) -> pr.Selection:
 
 
 def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
-            state: Mapping[str, torch.Tensor] | None = None) -> tuple[bytes, int, dict[str, torch.Tensor]]:
+            state: MutableMapping[str, Any] | None = None) -> tuple[bytes, int]:
     rng_prune, rng_quant = _rngs(seed, round)
-    codec = VALUE_CODECS[spec.quant]
-    new_state: dict[str, torch.Tensor] = {}
+    quant = STAGES["quant"][spec.quant]
+
+    def context(e: _Entry, count: int, elements: np.ndarray | None) -> ValueContext:
+        groups = make_groups(spec.granularity, spec.block, count, e.shape, elements)
+        return ValueContext(spec, e.name, e.shape, count, elements, groups, rng_quant, round, seed,
+                            None if state is None else _TensorState(state, e.name))
+
     layouts = [_layout(spec, e.shape) for e in entries]
     sparse = [e for e, lay in zip(entries, layouts) if lay == SPARSE]
     selections = iter(_select(spec, sparse, round, rng_prune) if sparse else [])
@@ -226,20 +253,11 @@ def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
             sections.append(bytes([RAW]) + e.flat.astype("<f4").tobytes())
             nnz += e.flat.size
         elif lay == DENSE:
-            groups = make_groups(spec.granularity, spec.block, e.flat.size, e.shape, None)
-            if codec.shaped:
-                prev = state.get(e.name) if state else None
-                blob, st = codec.encode(e.flat, spec, groups, rng_quant, e.shape,
-                                        None if prev is None else prev.detach().cpu().numpy())
-                if st is not None:
-                    new_state[e.name] = torch.from_numpy(np.ascontiguousarray(st))
-            else:
-                blob = encode_values(e.flat, spec, groups, rng_quant)
-            sections.append(bytes([DENSE]) + blob)
-            nnz += codec.values_sent(e.shape, spec) if codec.values_sent else e.flat.size
+            sections.append(bytes([DENSE]) + encode_values(e.flat, context(e, e.flat.size, None)))
+            nnz += e.flat.size
         else:
             sel = next(selections)
-            if spec.quant == "kmeans" and sel.unit == 1:
+            if quant.drop_kept_zeros and sel.unit == 1:
                 sel = _without_zeros(sel, e.flat)
             slots, _ = _units(spec, e.shape)
             elements = sel.elements()
@@ -249,18 +267,18 @@ def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
                 vals = e.flat[elements]
                 if sel.scale != 1.0:
                     vals = (vals.astype(np.float64) * sel.scale).astype(np.float32)
-                groups = make_groups(spec.granularity, spec.block, elements.size, e.shape, elements)
-                parts.append(encode_values(vals, spec, groups, rng_quant))
+                parts.append(encode_values(vals, context(e, elements.size, elements)))
             sections.append(b"".join(parts))
             nnz += elements.size
     body = b"".join(len(s).to_bytes(4, "little") + s for s in sections)
     if spec.zstd:
         body = zstandard.ZstdCompressor(level=spec.zstd_level, write_content_size=True).compress(body)
     header = write_header(spec, [TensorInfo(e.name, e.dtype, e.shape) for e in entries])
-    return seal(header + body), nnz, new_state
+    return seal(header + body), nnz
 
 
-def encode(update: Mapping[str, torch.Tensor], spec: SpecLike, *, round: int = 1, seed: int = 0) -> bytes:
+def encode(update: Mapping[str, torch.Tensor], spec: SpecLike, *, round: int = 1, seed: int = 0,
+           state: MutableMapping[str, Any] | None = None) -> bytes:
     """Compress an update into a self-describing payload.
 
     Parameters
@@ -274,6 +292,14 @@ def encode(update: Mapping[str, torch.Tensor], spec: SpecLike, *, round: int = 1
         Federated round; drives pruning schedules and seeds randomness.
     seed : int, default 0
         Seed for random-k and stochastic rounding, combined with ``round``.
+    state : MutableMapping of str to numpy.ndarray, optional
+        Per-client state kept by the caller across rounds, for stages that
+        need memory (e.g. a low-rank coder's warm-start factor).  Each
+        tensor's quant stage sees its own view (``ValueContext.state``)
+        whose keys are stored here as ``"<tensor name>/<key>"``; values are
+        numpy arrays, so a Flower client can keep them in an
+        ``ArrayRecord``.  **Mutated in place** by stateful stages; built-in
+        stages never touch it.  ``None`` (default): stages start fresh.
 
     Returns
     -------
@@ -288,7 +314,7 @@ def encode(update: Mapping[str, torch.Tensor], spec: SpecLike, *, round: int = 1
         Invalid spec.
     """
     spec = parse_spec(spec)
-    return _encode(_entries(update), spec, round, seed)[0]
+    return _encode(_entries(update), spec, round, seed, state)[0]
 
 
 def _report(entries: list[_Entry], decoded: Mapping[str, torch.Tensor], payload: bytes, nnz: int) -> EncodeReport:
@@ -310,26 +336,27 @@ def _report(entries: list[_Entry], decoded: Mapping[str, torch.Tensor], payload:
 
 
 def _encode_report(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
-                   state: Mapping[str, torch.Tensor] | None = None
-                   ) -> tuple[bytes, dict[str, torch.Tensor], EncodeReport, dict[str, torch.Tensor]]:
-    payload, nnz, new_state = _encode(entries, spec, round, seed, state)
+                   state: MutableMapping[str, Any] | None = None
+                   ) -> tuple[bytes, dict[str, torch.Tensor], EncodeReport]:
+    payload, nnz = _encode(entries, spec, round, seed, state)
     total = sum(e.flat.size for e in entries)
     # Decoding the real payload (rather than mirroring the math) guarantees the
     # report and the error-feedback residual describe exactly what was sent.
     decoded = decode_full(payload, max_numel=max(total, 1)).tensors
-    return payload, decoded, _report(entries, decoded, payload, nnz), new_state
+    return payload, decoded, _report(entries, decoded, payload, nnz)
 
 
 def encode_with_report(update: Mapping[str, torch.Tensor], spec: SpecLike, *, round: int = 1,
-                       seed: int = 0) -> tuple[bytes, EncodeReport]:
+                       seed: int = 0, state: MutableMapping[str, Any] | None = None) -> tuple[bytes, EncodeReport]:
     """Like :func:`encode`, also returning an :class:`EncodeReport`."""
     spec = parse_spec(spec)
-    payload, _, report, _ = _encode_report(_entries(update), spec, round, seed)
+    payload, _, report = _encode_report(_entries(update), spec, round, seed, state)
     return payload, report
 
 
 def encode_with_feedback(update: Mapping[str, torch.Tensor], residual: Mapping[str, torch.Tensor] | None,
-                         spec: SpecLike, *, round: int = 1, seed: int = 0
+                         spec: SpecLike, *, round: int = 1, seed: int = 0,
+                         state: MutableMapping[str, Any] | None = None
                          ) -> tuple[bytes, dict[str, torch.Tensor] | None, EncodeReport]:
     """Encode with error feedback (see :mod:`compression.feedback`).
 
@@ -339,7 +366,7 @@ def encode_with_feedback(update: Mapping[str, torch.Tensor], residual: Mapping[s
     residual : mapping of str to torch.Tensor or None
         Previous residual (same names and shapes); ``None`` means zeros.
         Ignored when the spec has ``ef=false``.
-    spec, round, seed
+    spec, round, seed, state
         As for :func:`encode`.
 
     Returns
@@ -353,50 +380,26 @@ def encode_with_feedback(update: Mapping[str, torch.Tensor], residual: Mapping[s
 
     Notes
     -----
-    Pure: inputs are not mutated.
-    """
-    payload, residual, _, report = encode_with_state(update, residual, None, spec, round=round, seed=seed)
-    return payload, residual, report
-
-
-def encode_with_state(update: Mapping[str, torch.Tensor], residual: Mapping[str, torch.Tensor] | None,
-                      state: Mapping[str, torch.Tensor] | None, spec: SpecLike, *, round: int = 1, seed: int = 0
-                      ) -> tuple[bytes, dict[str, torch.Tensor] | None, dict[str, torch.Tensor], EncodeReport]:
-    """:func:`encode_with_feedback` for stages that keep client-side state between rounds.
-
-    Parameters
-    ----------
-    update, residual, spec, round, seed
-        As for :func:`encode_with_feedback`.
-    state : mapping of str to torch.Tensor or None
-        The codec state this client returned last time it encoded (e.g.
-        PowerSGD's warm-start factors, one per tensor); ``None`` or a missing
-        name means "no history".  Stateless stages ignore it.
-
-    Returns
-    -------
-    payload, new_residual, new_state, report
-        ``new_state`` is empty for stateless stages.  The payload never
-        depends on ``state`` for stateless stages, so ``encode_with_feedback``
-        and this function agree byte for byte on them.
+    ``update`` and ``residual`` are not mutated; ``state`` is (see :func:`encode`).
     """
     spec = parse_spec(spec)
     if not spec.error_feedback:
-        payload, _, report, new_state = _encode_report(_entries(update), spec, round, seed, state)
-        return payload, None, new_state, report
+        payload, report = encode_with_report(update, spec, round=round, seed=seed, state=state)
+        return payload, None, report
     _entries(update)  # validate names/dtypes/finiteness before combining with the residual
     comp = compensate(update, residual)
     entries = _entries(comp)
-    payload, decoded, report, new_state = _encode_report(entries, spec, round, seed, state)
-    return payload, new_residual(comp, decoded), new_state, report
+    payload, decoded, report = _encode_report(entries, spec, round, seed, state)
+    return payload, new_residual(comp, decoded), report
 
 
 # ------------------------------------------------------------------ decoding
 
-def _need_bits(r: Reader, count: int, info: TensorInfo) -> None:
-    # Every value codec spends at least one bit per value, so this cheap check
-    # stops a tiny payload from making us build per-value index arrays.
-    if count > 8 * r.remaining:
+def _need_bits(r: Reader, count: int, info: TensorInfo, spec: PipelineSpec) -> None:
+    # The quant stage declares the fewest bits it spends per value (1 for every built-in
+    # coder), so this cheap check stops a tiny payload from making us build per-value arrays.
+    need = STAGES["quant"][spec.quant].min_bits_per_value * count
+    if need > 8 * r.remaining:
         raise PayloadError(f"tensor {info.name!r}: {r.remaining} bytes cannot hold {count} values")
 
 
@@ -409,24 +412,21 @@ def _decode_tensor(r: Reader, info: TensorInfo, spec: PipelineSpec) -> np.ndarra
     if layout == RAW:
         return np.frombuffer(r.take(4 * numel, "raw float32"), dtype="<f4").astype(np.float32)
     if layout == DENSE:
-        codec = VALUE_CODECS[spec.quant]
-        if codec.values_sent is None:
-            _need_bits(r, numel, info)
+        _need_bits(r, numel, info, spec)
         groups = make_groups(spec.granularity, spec.block, numel, info.shape, None)
-        if codec.shaped:
-            return codec.decode(r, numel, spec, groups, info.shape)
-        return decode_values(r, numel, spec, groups)
+        return decode_values(r, ValueContext(spec, info.name, info.shape, numel, None, groups))
     slots, unit = _units(spec, info.shape)
     k = r.u32("kept count")
     if k > slots:
         raise PayloadError(f"tensor {info.name!r}: {k} kept of {slots}")
     idx = decode_positions(r, slots, k, spec.coder)
-    _need_bits(r, k * unit, info)
+    _need_bits(r, k * unit, info, spec)
     elements = pr.Selection(unit, idx).elements()
     out = np.zeros(numel, dtype=np.float32)
     if elements.size:
         groups = make_groups(spec.granularity, spec.block, elements.size, info.shape, elements)
-        out[elements] = decode_values(r, elements.size, spec, groups)
+        out[elements] = decode_values(r, ValueContext(spec, info.name, info.shape, int(elements.size), elements,
+                                                      groups))
     return out
 
 
@@ -524,18 +524,15 @@ def read_blocks(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | Non
     return spec, out
 
 
-def server_aggregator(spec: SpecLike, shapes: Mapping[str, tuple[int, ...]]):
-    """The server-side aggregation object the spec's stage declares, or ``None``.
+def server_aggregator(spec: SpecLike, shapes: Mapping[str, tuple[int, ...]]) -> Any:
+    """The server-side aggregation object the pipeline's quant stage declares, or ``None``.
 
-    A stage whose payloads the server combines without decoding them (FetchSGD
-    sums count sketches) declares a factory in its value codec; the server
-    then calls ``aggregator.aggregate(payloads, weights) -> delta`` instead of
-    averaging decoded updates, and checkpoints ``aggregator.state`` (a
-    ``{name: tensor}`` mapping, restored with ``aggregator.load_state``).
+    See :meth:`compression.QuantStage.server_aggregator`: the server then
+    calls ``aggregator.aggregate(payloads, weights)`` instead of averaging
+    decoded updates, and checkpoints ``aggregator.state``.
     """
     spec = parse_spec(spec)
-    factory = VALUE_CODECS[spec.quant].aggregator
-    return None if factory is None else factory(spec, shapes)
+    return STAGES["quant"][spec.quant].server_aggregator(spec, {k: tuple(v) for k, v in shapes.items()})
 
 
 def peek_spec(payload: bytes) -> PipelineSpec:

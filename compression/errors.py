@@ -1,6 +1,6 @@
 """Typed errors raised by the compression library.
 
-All three derive from :class:`ValueError` so that callers that only know
+All derive from :class:`ValueError` so that callers that only know
 "bad input" can still catch them, while the federation can tell a broken
 client payload (:class:`PayloadError`) from its own misconfiguration
 (:class:`SpecError`) or a bad local update (:class:`UpdateError`).
@@ -8,7 +8,7 @@ client payload (:class:`PayloadError`) from its own misconfiguration
 
 from __future__ import annotations
 
-__all__ = ["PayloadError", "SpecError", "UpdateError"]
+__all__ = ["PayloadError", "SpecError", "UpdateError", "RegistrationError"]
 
 
 class PayloadError(ValueError):
@@ -25,3 +25,7 @@ class SpecError(ValueError):
 
 class UpdateError(ValueError):
     """An update given to the encoder is invalid (non-float, non-finite, bad name)."""
+
+
+class RegistrationError(ValueError):
+    """A stage given to :func:`compression.register_stage` is malformed or clashes with a registered one."""

@@ -11,7 +11,8 @@ A tensor with at least two dimensions is viewed as a matrix ``M`` of shape
 
 ``P`` and ``Q'`` are sent as float32 (``4 (out + rest) r`` bytes instead of
 ``4 out rest``); ``Q'`` becomes the next warm start.  Vectors (biases) are
-sent raw, like every tensor below ``min-numel`` elements.  With ``ef=true``
+sent as raw float32 inside the stage's block (and tensors below
+``min-numel`` elements as RAW sections, as with every stage).  With ``ef=true``
 the client's error-feedback residual (the codec's generic one) carries
 what the rank-``r`` approximation missed into the next round, as the paper
 requires for convergence.
@@ -24,7 +25,9 @@ clients' ``P`` / ``Q`` are not averaged (the server averages the decoded
 products ``P Q^T``, one per client: the server is not linear in ``P`` and
 ``Q`` separately across clients).  Each client therefore keeps **its own**
 last ``Q'`` per tensor in its persistent state (Flower ``Context.state``,
-``ClientState.codec_state``) and starts the next power step from it, however
+``ClientState.codec_state``, handed to the codec as the ``state`` of
+:func:`compression.encode_with_feedback`; the stage keeps ``Q'`` under the
+key ``q`` of each tensor's ``ValueContext.state``) and starts the next power step from it, however
 many rounds it missed: a stale subspace is still a better start than a
 random one, because consecutive updates of one client share their dominant
 directions (its data does not change), and one power step corrects it.  A
@@ -48,10 +51,11 @@ import math
 
 import numpy as np
 
-from .errors import PayloadError
+from .errors import PayloadError, SpecError
+from .registry import Key, QuantStage, ValueContext, register_stage
 
 __all__ = ["matrix_shape", "effective_rank", "powersgd_encode", "powersgd_decode", "orthonormalize",
-           "values_sent"]
+           "values_sent", "PowerSGD"]
 
 _EPS = 1e-12
 
@@ -142,3 +146,48 @@ def powersgd_decode(r, shape: tuple[int, ...], rank: int) -> np.ndarray:
     if not (np.isfinite(p).all() and np.isfinite(q).all()):
         raise PayloadError("low-rank factors: non-finite value")
     return (p @ q.T).astype(np.float32).reshape(-1)
+
+
+# ------------------------------------------------------------------ stage (registered through the public API)
+
+class PowerSGD(QuantStage):
+    """``quant=powersgd``: rank-``rank`` factors of every matrix; vectors as float32.
+
+    Stateful on the client: ``ctx.state["q"]`` holds this tensor's last
+    ``Q'`` (read when ``warm-start=true``, always written when the caller
+    keeps state).
+    """
+
+    name = "powersgd"
+    summary = "PowerSGD: rank-r factors P, Q of each matrix (conv kernels as out x rest); vectors raw"
+    options = {
+        "rank": Key(int, None, lo=1, hi=256, doc="powersgd: rank r of the factors"),
+        "warm-start": Key(bool, True, doc="powersgd: start the power step from the client's last Q "
+                                          "(else a fresh Gaussian)"),
+    }
+    required = ("rank",)
+    # (out + rest) * r floats for out * rest values: the block length is checked exactly instead
+    min_bits_per_value = 0.0
+
+    def validate(self, values) -> None:
+        if values["prune"] != "none":
+            raise SpecError(f"quant=powersgd compresses whole matrices; it needs prune=none, not prune={values['prune']}")
+
+    def encode(self, x, ctx: ValueContext) -> bytes:
+        if len(ctx.shape) < 2:  # biases: the paper sends them uncompressed
+            return np.asarray(x, dtype="<f4").tobytes()
+        warm = ctx.state.get("q") if ctx.state is not None and ctx.spec.get("warm-start") else None
+        block, q = powersgd_encode(x, ctx.shape, ctx.spec.get("rank"), warm, ctx.rng)
+        if ctx.state is not None:
+            ctx.state["q"] = q
+        return block
+
+    def decode(self, r, ctx: ValueContext) -> np.ndarray:
+        if len(ctx.shape) < 2:
+            if r.remaining != 4 * ctx.count:
+                raise PayloadError(f"powersgd vector block: {r.remaining} bytes, expected {4 * ctx.count}")
+            return np.frombuffer(r.take(4 * ctx.count, "float32 vector"), dtype="<f4").astype(np.float32)
+        return powersgd_decode(r, ctx.shape, ctx.spec.get("rank"))
+
+
+register_stage(PowerSGD)

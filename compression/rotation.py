@@ -51,7 +51,8 @@ import numpy as np
 
 from .bitpack import pack_codes, unpack_codes
 from .entropy import decode_huffman, encode_huffman
-from .errors import PayloadError
+from .errors import PayloadError, SpecError
+from .registry import Key, QuantStage, ValueContext, register_stage
 
 __all__ = [
     "LLOYD_MAX",
@@ -64,6 +65,8 @@ __all__ = [
     "eden_encode",
     "eden_decode",
     "rotated_length",
+    "Drive",
+    "Eden",
 ]
 
 #: Positive Lloyd-Max centroids of N(0, 1) for 2^b levels (the negative ones
@@ -258,3 +261,68 @@ def eden_decode(r, n: int, *, bits: int, rot_block: int, huffman: bool = False) 
         raise PayloadError(f"EDEN level code {int(codes.max())} exceeds {(1 << bits) - 1}")
     y = _centroids(bits)[codes.astype(np.int64)].reshape(nb, b) * scale[:, None]
     return unrotate(y, seed, n).astype(np.float32)
+
+
+# ------------------------------------------------------------------ stages (registered through the public API)
+
+#: Keys both rotation stages declare (identical objects, as the registry requires for shared keys).
+ROTATION_OPTIONS = {
+    "unbiased": Key(bool, True, doc="drive/eden: unbiased scale (else the MSE-optimal, biased one)"),
+    "rot-block": Key(int, 1 << 16, lo=2, hi=1 << 24,
+                     doc="drive/eden: largest rotation block, a power of two (tensors are padded to whole blocks)"),
+}
+
+
+def _check_block(values) -> None:
+    rb = values["rot-block"]
+    if rb & (rb - 1):
+        raise SpecError(f"invalid value {rb!r} for key 'rot-block': expected a power of two")
+
+
+def _seed(ctx: ValueContext) -> int:
+    # drawn from the encoder's (seed, round) stream, so payloads stay deterministic
+    return int(ctx.rng.integers(0, 1 << 63))
+
+
+class Drive(QuantStage):
+    """``quant=drive``: DRIVE, 1 bit per rotated coordinate and one scale per block."""
+
+    name = "drive"
+    summary = "DRIVE: randomized Hadamard rotation, 1 bit per coordinate + a scale per block"
+    options = ROTATION_OPTIONS
+
+    def validate(self, values) -> None:
+        _check_block(values)
+
+    def encode(self, x, ctx):
+        return drive_encode(x, _seed(ctx), unbiased=ctx.spec.get("unbiased"), rot_block=ctx.spec.get("rot-block"))
+
+    def decode(self, r, ctx):
+        return drive_decode(r, ctx.count, rot_block=ctx.spec.get("rot-block"))
+
+
+class Eden(QuantStage):
+    """``quant=eden``: EDEN, ``bits`` (1-4) per rotated coordinate and one scale per block."""
+
+    name = "eden"
+    summary = "EDEN: randomized Hadamard rotation, b-bit Lloyd-Max levels + a scale per block"
+    keys = ("bits", "entropy")
+    options = ROTATION_OPTIONS
+
+    def validate(self, values) -> None:
+        if values["bits"] > max(LLOYD_MAX):
+            raise SpecError("key 'bits' must be 1-4 for quant=eden (Lloyd-Max levels are tabulated up to 4 bits)")
+        _check_block(values)
+
+    def encode(self, x, ctx):
+        s = ctx.spec
+        return eden_encode(x, _seed(ctx), bits=s.bits, unbiased=s.get("unbiased"), rot_block=s.get("rot-block"),
+                           huffman=s.entropy == "huffman")
+
+    def decode(self, r, ctx):
+        s = ctx.spec
+        return eden_decode(r, ctx.count, bits=s.bits, rot_block=s.get("rot-block"), huffman=s.entropy == "huffman")
+
+
+register_stage(Drive)
+register_stage(Eden)

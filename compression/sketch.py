@@ -21,7 +21,8 @@ Client (stage ``quant=fetchsgd``)
     ``keep`` fraction of each tensor's unsketched estimates: what this
     sketch alone would give.
 
-Server (:class:`FetchSGDAggregator`, the stage's server-side hook)
+Server (:class:`FetchSGDAggregator`, returned by the stage's
+:meth:`~compression.QuantStage.server_aggregator` hook)
     Per round, with ``S`` the example-weighted mean of the clients' tables::
 
         S_u = rho * S_u + S                 momentum, in sketch space
@@ -61,10 +62,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .errors import PayloadError
+from .errors import PayloadError, SpecError
+from .registry import DENSE, Key, QuantStage, ValueContext, register_stage
 
 __all__ = ["table_shape", "hashes", "sketch", "unsketch", "top_k", "sketch_encode", "sketch_decode",
-           "FetchSGDAggregator"]
+           "FetchSGDAggregator", "FetchSGD"]
 
 _HASH_SEED = 0x5CE7C4
 _CACHE: OrderedDict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -167,7 +169,7 @@ class FetchSGDAggregator:
     """
 
     def __init__(self, spec, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        from .codec import DENSE, _layout  # the codec imports this module (via values)
+        from .codec import _layout  # lazy: the codec is imported after the stages register
 
         self.spec = spec
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
@@ -177,7 +179,7 @@ class FetchSGDAggregator:
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore :attr:`state` from a checkpoint (names and table shapes must match)."""
         for name in self.sketched:
-            want = table_shape(math.prod(self.shapes[name]), self.spec.rows, self.spec.sketch_size)
+            want = table_shape(math.prod(self.shapes[name]), self.spec.get("rows"), self.spec.get("sketch-size"))
             for kind in ("momentum", "error"):
                 t = state.get(f"{kind}/{name}")
                 if t is not None and tuple(t.shape) != want:
@@ -192,7 +194,7 @@ class FetchSGDAggregator:
         out = {}
         for info, layout, r in blocks:
             if info.name in self.sketched:
-                out[info.name] = read_table(r, info.numel, rows=spec.rows, size=spec.sketch_size)
+                out[info.name] = read_table(r, info.numel, rows=spec.get("rows"), size=spec.get("sketch-size"))
             else:
                 out[info.name] = np.frombuffer(r.take_all(), dtype="<f4").astype(np.float64)
         return out
@@ -214,7 +216,7 @@ class FetchSGDAggregator:
                     mean[name] += t * (w / total)
                 else:
                     mean[name] = t * (w / total)
-        rho = self.spec.sketch_momentum
+        rho = self.spec.get("sketch-momentum")
         errors, estimates = {}, {}
         for name in self.sketched:
             u = self.state.get(f"momentum/{name}")
@@ -247,3 +249,41 @@ class FetchSGDAggregator:
             if name not in delta:
                 delta[name] = torch.from_numpy(mean[name].astype(np.float32)).reshape(shape)
         return {name: delta[name] for name in self.shapes}
+
+
+# ------------------------------------------------------------------ stage (registered through the public API)
+
+class FetchSGD(QuantStage):
+    """``quant=fetchsgd``: a count sketch per tensor on the client, FetchSGD on the server."""
+
+    name = "fetchsgd"
+    summary = ("FetchSGD: count sketch per tensor; the server sums sketches, keeps momentum and error in sketch "
+               "space and applies the top-k")
+    keys = ("keep",)
+    options = {
+        "rows": Key(int, 5, lo=1, hi=32, doc="fetchsgd: count-sketch rows"),
+        # >= 1/64: a payload must hold >= numel/16 bytes per sketched tensor, which bounds the hashing
+        # work and memory a (hostile) header can ask of the decoder relative to the payload's size
+        "sketch-size": Key(float, 0.1, lo=1 / 64, hi=4.0,
+                           doc="fetchsgd: sketch cells per tensor element (rows * cols ~ sketch-size * numel)"),
+        "sketch-momentum": Key(float, 0.9, lo=0.0, hi=0.999, doc="fetchsgd: server momentum rho in sketch space"),
+    }
+    required = ("keep",)
+    min_bits_per_value = 0.0  # rows * cols cells for numel values: the block length is checked exactly
+
+    def validate(self, values) -> None:
+        if values["prune"] != "none":
+            raise SpecError(f"quant=fetchsgd sketches whole tensors; it needs prune=none, not prune={values['prune']}")
+
+    def encode(self, x, ctx: ValueContext) -> bytes:
+        return sketch_encode(x, rows=ctx.spec.get("rows"), size=ctx.spec.get("sketch-size"))
+
+    def decode(self, r, ctx: ValueContext) -> np.ndarray:
+        s = ctx.spec
+        return sketch_decode(r, ctx.count, rows=s.get("rows"), size=s.get("sketch-size"), keep=s.keep)
+
+    def server_aggregator(self, spec, shapes):
+        return FetchSGDAggregator(spec, shapes)
+
+
+register_stage(FetchSGD)

@@ -1,8 +1,10 @@
 """Value blocks: the transmitted values of one tensor, quantized and coded.
 
-One registry entry per ``quant`` stage maps float32 values (with their
-parameter groups) to bytes and back.  Layout, after which the codes follow
-either bit-packed (``entropy=none``) or as a Huffman section::
+The built-in ``quant`` stages' coders: each pair maps float32 values (with
+their parameter groups) to bytes and back; :mod:`compression.builtin`
+registers them as :class:`~compression.QuantStage` objects.  Layout, after
+which the codes follow either bit-packed (``entropy=none``) or as a Huffman
+section::
 
     none            count * f32
     fp16 / bf16     count * 2 bytes
@@ -10,66 +12,21 @@ either bit-packed (``entropy=none``) or as a Huffman section::
     qsgd            G * f32 L2 norm, codes
     sign / ternary  G * f32 mean |x|, 1-bit codes
     kmeans          clusters * f32 centroid, ceil(log2 clusters)-bit codes
-    drive / eden    u64 rotation seed, per-block f32 scale, codes of the
-                    rotated, padded vector (see :mod:`compression.rotation`)
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Callable
-
 import numpy as np
 
-from . import cast, cluster, lowrank, quantize as q, rotation, sketch
+from . import cast, cluster, quantize as q
 from .bitpack import pack_codes, unpack_codes
 from .entropy import decode_huffman, encode_huffman
 from .errors import PayloadError
-from .quantize import Groups
+from .registry import STAGES, QuantStage, ValueContext
 from .spec import PipelineSpec
 from .wire import Reader
 
-__all__ = ["ValueCodec", "VALUE_CODECS", "encode_values", "decode_values"]
-
-
-@dataclass(frozen=True)
-class ValueCodec:
-    """Encoder/decoder pair registered for a ``quant`` stage name.
-
-    Attributes
-    ----------
-    encode, decode
-        ``encode(x, spec, groups, rng) -> bytes`` and
-        ``decode(reader, count, spec, groups) -> values``.  A ``shaped`` codec
-        is instead called as ``encode(x, spec, groups, rng, shape, state)
-        -> (bytes, new_state)`` and ``decode(reader, count, spec, groups,
-        shape)``: it sees the tensor's shape and may keep per-tensor state
-        on the client between rounds (``state`` is its previous
-        ``new_state`` for this tensor, or ``None``).
-    shaped : bool
-        See above.
-    min_ndim : int
-        Tensors with fewer dimensions bypass the stage (sent as raw float32).
-    aggregator : callable or None
-        ``aggregator(spec, shapes)``: a server-side aggregation object for
-        stages whose payloads the server combines in the compressed domain
-        (FetchSGD's sketches); see :func:`compression.server_aggregator`.
-        ``None``: the server averages decoded updates.
-    values_sent : callable or None
-        ``values_sent(shape, spec)``: values a dense block transmits, when
-        not one per element (for the report's ``nnz``).  A codec that sends
-        fewer than one bit per element must check its block length itself,
-        before allocating, since the codec's generic one-bit-per-value
-        check is skipped for it.
-    """
-
-    encode: Callable[..., Any]
-    decode: Callable[..., np.ndarray]
-    shaped: bool = False
-    min_ndim: int = 0
-    values_sent: Callable[[tuple[int, ...], PipelineSpec], int] | None = None
-    aggregator: Callable[..., Any] | None = None
+__all__ = ["encode_values", "decode_values"]
 
 
 def _f32(a: np.ndarray) -> bytes:
@@ -182,81 +139,20 @@ def _dec_kmeans(r, count, spec, groups):
     return c[codes]
 
 
-# ---------------------------------------------------------------- rotation (DRIVE / EDEN)
-
-def _rotation_seed(rng: np.random.Generator) -> int:
-    # drawn from the encoder's (seed, round) stream, so payloads stay deterministic
-    return int(rng.integers(0, 1 << 63))
-
-
-def _enc_drive(x, spec, groups, rng):
-    return rotation.drive_encode(x, _rotation_seed(rng), unbiased=spec.unbiased, rot_block=spec.rot_block)
+def encode_values(x: np.ndarray, ctx: ValueContext) -> bytes:
+    """Quantize and code the float32 values ``x`` with the spec's registered ``quant`` stage."""
+    stage = STAGES["quant"][ctx.spec.quant]
+    out = stage.encode(x, ctx)
+    if not isinstance(out, (bytes, bytearray)):
+        raise TypeError(f"quant={stage.name}: encode returned {type(out).__name__}, expected bytes")
+    return bytes(out)
 
 
-def _dec_drive(r, count, spec, groups):
-    return rotation.drive_decode(r, count, rot_block=spec.rot_block)
-
-
-def _enc_eden(x, spec, groups, rng):
-    return rotation.eden_encode(x, _rotation_seed(rng), bits=spec.bits, unbiased=spec.unbiased,
-                                rot_block=spec.rot_block, huffman=spec.entropy == "huffman")
-
-
-def _dec_eden(r, count, spec, groups):
-    return rotation.eden_decode(r, count, bits=spec.bits, rot_block=spec.rot_block,
-                                huffman=spec.entropy == "huffman")
-
-
-# ---------------------------------------------------------------- low rank (PowerSGD)
-
-def _enc_powersgd(x, spec, groups, rng, shape, state):
-    warm = state if spec.warm_start else None
-    return lowrank.powersgd_encode(x, shape, spec.rank, warm, rng)
-
-
-def _dec_powersgd(r, count, spec, groups, shape):
-    return lowrank.powersgd_decode(r, shape, spec.rank)
-
-
-# ---------------------------------------------------------------- count sketch (FetchSGD)
-
-def _enc_fetchsgd(x, spec, groups, rng):
-    return sketch.sketch_encode(x, rows=spec.rows, size=spec.sketch_size)
-
-
-def _dec_fetchsgd(r, count, spec, groups):
-    return sketch.sketch_decode(r, count, rows=spec.rows, size=spec.sketch_size, keep=spec.keep)
-
-
-def _fetchsgd_cells(shape, spec):
-    rows, cols = sketch.table_shape(math.prod(shape), spec.rows, spec.sketch_size)
-    return rows * cols
-
-
-#: Registry: ``quant`` stage name -> value codec.
-VALUE_CODECS: dict[str, ValueCodec] = {
-    "none": ValueCodec(_enc_none, _dec_none),
-    "fp16": ValueCodec(_enc_fp16, _dec_fp16),
-    "bf16": ValueCodec(_enc_bf16, _dec_bf16),
-    "uniform": ValueCodec(_enc_uniform, _dec_uniform),
-    "qsgd": ValueCodec(_enc_qsgd, _dec_qsgd),
-    "sign": ValueCodec(_enc_sign, _dec_sign),
-    "ternary": ValueCodec(_enc_sign, _dec_sign),
-    "kmeans": ValueCodec(_enc_kmeans, _dec_kmeans),
-    "drive": ValueCodec(_enc_drive, _dec_drive),
-    "eden": ValueCodec(_enc_eden, _dec_eden),
-    "powersgd": ValueCodec(_enc_powersgd, _dec_powersgd, shaped=True, min_ndim=2,
-                           values_sent=lambda shape, spec: lowrank.values_sent(shape, spec.rank)),
-    "fetchsgd": ValueCodec(_enc_fetchsgd, _dec_fetchsgd, values_sent=_fetchsgd_cells,
-                           aggregator=sketch.FetchSGDAggregator),
-}
-
-
-def encode_values(x: np.ndarray, spec: PipelineSpec, groups: Groups, rng: np.random.Generator) -> bytes:
-    """Quantize and code the float32 values ``x`` with the spec's ``quant`` stage."""
-    return VALUE_CODECS[spec.quant].encode(x, spec, groups, rng)
-
-
-def decode_values(r: Reader, count: int, spec: PipelineSpec, groups: Groups) -> np.ndarray:
-    """Read ``count`` values coded by :func:`encode_values` (float32, finiteness unchecked)."""
-    return VALUE_CODECS[spec.quant].decode(r, count, spec, groups)
+def decode_values(r: Reader, ctx: ValueContext) -> np.ndarray:
+    """Read ``ctx.count`` values coded by :func:`encode_values` (float32, finiteness unchecked)."""
+    stage: QuantStage = STAGES["quant"][ctx.spec.quant]  # type: ignore[assignment]
+    out = stage.decode(r, ctx)
+    if not isinstance(out, np.ndarray) or out.shape != (ctx.count,):
+        raise PayloadError(f"quant={stage.name}: decoded {getattr(out, 'shape', type(out).__name__)} values, "
+                           f"expected ({ctx.count},)")
+    return out.astype(np.float32, copy=False)

@@ -27,15 +27,19 @@ def payload_bound(spec: compression.PipelineSpec, shapes: dict[str, tuple[int, .
     """Largest payload a client may send for ``spec`` and this model, in bytes.
 
     The pipeline's own output for a dense standard-normal update of the
-    model's shapes (for data-dependent pruning by threshold, at least the
-    float32 encoding), with 50 % + 4 KiB of slack for data-dependent coding
-    (gap codes, Huffman). Checked before anything is decoded.
+    model's shapes, raised to the bound each of the pipeline's registered
+    stages declares (:meth:`compression.Stage.max_payload_bytes`; e.g.
+    pruning by threshold may keep every value, so at least the float32
+    encoding), with 50 % + 4 KiB of slack for data-dependent coding (gap
+    codes, Huffman). Checked before anything is decoded.
     """
     gen = torch.Generator().manual_seed(seed)
     probe = {k: torch.randn(shape, generator=gen) for k, shape in shapes.items()}
     size = len(compression.encode(probe, spec, round=1, seed=seed))
-    if spec.as_dict().get("prune") == "threshold":
-        size = max(size, len(compression.encode(probe, compression.parse_spec("fp32"))))
+    for stage in compression.pipeline_stages(spec):
+        declared = stage.max_payload_bytes(spec, shapes)
+        if declared is not None:
+            size = max(size, int(declared))
     return int(size * 1.5) + 4096
 
 

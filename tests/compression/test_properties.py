@@ -126,6 +126,11 @@ NOT_STABLE = {
     "q4-stochastic": "stochastic rounding: a decoded value is a grid point only up to float32 rounding, "
                      "so floor(t + u) steps to the level below with probability ~1e-7 per value",
     "randk-1pct": "rescale=true multiplies the kept values by n/k on every pass (unbiased, not a projection)",
+    "drive": "decoding crops the padding of the rotated block, so a re-encode rotates a different vector; "
+             "the unbiased scale is not a projection either",
+    "eden-2bit": "as drive: padded rotation blocks are cropped on decode, and the unbiased scale is not a projection",
+    "powersgd-r2": "one power step in float64 from float32 factors: the product is re-found only up to rounding",
+    "fetchsgd": "the decode is a top-k of sketch estimates; sketching it again collides differently",
 }
 
 

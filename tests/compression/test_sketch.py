@@ -64,7 +64,6 @@ def test_payload_bytes_and_single_decode():
     head = len(fp32) - 4 - (4 + 1 + 8000) - (4 + 1 + 160) - len("prune=none,quant=none") + len(str(spec))
     cols = math.ceil(0.3 * 2000 / 3)
     assert cols == 200 and len(payload) == head + (4 + 1 + 4 * 3 * cols) + (4 + 1 + 160) + 4
-    assert rep.nnz == 3 * cols + 40
     out = compression.decode(payload)
     assert int((out["w"] != 0).sum()) == 200 and torch.equal(out["b"], upd["b"])
 
@@ -154,7 +153,7 @@ def test_stateless_stages_have_no_aggregator():
 
 
 def test_spec_rules():
-    with pytest.raises(SpecError, match="requires key 'keep'"):
+    with pytest.raises(SpecError, match="keep"):
         compression.parse_spec("quant=fetchsgd")
     with pytest.raises(SpecError):
         compression.parse_spec("quant=fetchsgd,keep=0.1,sketch-size=0")
