@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 
 from client.local_round import ClientState, TrainInstruction, run_local_round
 from client.stage_query import StageQuery, answer_calibrate, answer_scores
+from fedsqueeze.plugins import load_plugins
 from server.protocol import CONFIG, MASK, METRICS, MODEL, UPDATE, payloads_record, record_payloads
 
 app = ClientApp()
@@ -37,6 +38,18 @@ def _save_state(context: Context, state: ClientState) -> None:
         context.state[_BCAST_META] = ConfigRecord({"version": state.version})
 
 
+def _load_plugins(msg: Message, context: Context) -> None:
+    """Import the run's plugins before anything is parsed: from the run config and the server's announcement.
+
+    The run config has them under ``flwr run`` (simulation and deployment); the
+    announcement also covers presets and engines that pass no run config.
+    """
+    names = [str(context.run_config.get("plugins", ""))]
+    if CONFIG in msg.content.config_records and "plugins" in msg.content.config_records[CONFIG]:
+        names.append(str(msg.content.config_records[CONFIG]["plugins"]))
+    load_plugins(",".join(names))
+
+
 def _partition(context: Context) -> tuple[int, int]:
     return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 
@@ -44,6 +57,7 @@ def _partition(context: Context) -> tuple[int, int]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train locally and reply with the compressed model update."""
+    _load_plugins(msg, context)
     ins = TrainInstruction.from_record(msg.content[CONFIG])
     payloads = record_payloads(msg.content[MODEL])
     mask = record_payloads(msg.content[MASK])[0] if MASK in msg.content else None
@@ -57,6 +71,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Handshake (which partition this node holds), or a model-compression stage query."""
+    _load_plugins(msg, context)
     pid, n = _partition(context)
     config = msg.content[CONFIG] if CONFIG in msg.content else {}
     if "op" not in config:

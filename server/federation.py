@@ -288,7 +288,10 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
         key = tuple(id(p) for p in bc.payloads)
         if key not in records:
             records[key] = payloads_record(bc.payloads)
-        content = RecordDict({CONFIG: ConfigRecord(ins.to_record()), MODEL: records[key]})
+        config = ins.to_record()
+        if cfg.plugins:  # announced only when set: runs without plugins keep their exact message bytes
+            config["plugins"] = cfg.plugins
+        content = RecordDict({CONFIG: ConfigRecord(config), MODEL: records[key]})
         if mode.mask_payload:
             content[MASK] = payloads_record([mode.mask_payload])
         messages.append(Message(content, nid, "train", group_id=str(round_)))
