@@ -244,10 +244,10 @@ def test_flwr_run_federation_ledger_is_exact(natural, tmp_path):
     assert_same_ledgers(flwr_rows[1:], rows[1:], envelope_jitter=16)
     for key in ("uplink_bytes", "downlink_bytes"):  # the handshake row: one query and reply per node
         assert abs(int(flwr_rows[0][key]) - int(rows[0][key])) <= 16 * 4, key
-    flwr_clients, clients = read_rows(tmp_path / "flwr", "clients.csv"), read_rows(tmp_path / "inprocess", "clients.csv")
-    assert [(c["round"], c["partition_id"], c["status"], c["uplink_payload_bytes"], c["downlink_payload_bytes"])
-            for c in flwr_clients] == [(c["round"], c["partition_id"], c["status"], c["uplink_payload_bytes"],
-                                        c["downlink_payload_bytes"]) for c in clients]
+    columns = ("round", "partition_id", "status", "uplink_payload_bytes", "downlink_payload_bytes")
+    per_client = [[tuple(c[k] for k in columns) for c in read_rows(tmp_path / run, "clients.csv")]
+                  for run in ("flwr", "inprocess")]
+    assert per_client[0] == per_client[1] and len(per_client[0]) == 4
     # 9-bit values: the payloads beat the same top-k with 16-bit values (13.0x below float32 on a random update
     # of these shapes; natural 18.1x there)
     last = flwr_rows[-1]
