@@ -89,6 +89,29 @@ def test_client_imports_the_announced_plugins(natural, instruction):
     assert "natural" in compression.STAGES["quant"]
 
 
+def test_example_run_preset_resolves(natural):
+    from pathlib import Path
+
+    from simulations.run import resolve_overrides
+
+    preset = Path(__file__).resolve().parent.parent / "examples" / "natural_compression" / "natural.toml"
+    cfg = resolve_overrides(str(preset), {"num-server-rounds": 1})
+    assert (cfg["plugins"], cfg["name"], cfg["num-server-rounds"]) == (PLUGIN, "natural", 1)
+    assert compression.parse_spec(cfg["uplink"]).quant == "natural"
+
+
+def test_example_ships_in_the_fab():
+    import io
+    import zipfile
+    from pathlib import Path
+
+    from flwr.cli.build import build_fab_from_disk
+
+    names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(Path(__file__).resolve().parent.parent))).namelist()
+    assert {"examples/__init__.py", "examples/natural_compression/__init__.py",
+            "examples/natural_compression/natural.toml"} <= set(names)
+
+
 # ----------------------------------------------------------------------------- the coder
 
 
