@@ -11,9 +11,10 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.local_round import ClientState, TrainInstruction, run_local_round
-from client.stage_query import StageQuery, answer_calibrate, answer_scores
-from server.protocol import CONFIG, MASK, METRICS, MODEL, UPDATE, payloads_record, record_payloads
+from client.local_round import ClientState, run_local_round
+from client.stage_query import answer_calibrate, answer_scores
+from fedsqueeze.protocol.instructions import StageQuery, TrainInstruction
+from fedsqueeze.protocol.messages import CONFIG, MASK, METRICS, MODEL, UPDATE, payloads_record, record_payloads
 
 app = ClientApp()
 

@@ -18,7 +18,7 @@ import torch
 from flwr.app import Message
 
 import compression
-from server.protocol import METRICS, UPDATE, ProtocolError, record_payloads
+from fedsqueeze.protocol.messages import METRICS, UPDATE, ProtocolError, record_payloads
 
 __all__ = ["Accepted", "Rejected", "screen_reply", "payload_bound", "reply_payload_bytes"]
 
