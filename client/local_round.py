@@ -20,7 +20,8 @@ from fedsqueeze.modelzip import prepare_qat
 from fedsqueeze.modelzip.masks import mask_state, unpack_masks
 from fedsqueeze.models import build_model, initial_state
 from fedsqueeze.partition import partition
-from fedsqueeze.protocol.instructions import FULL_MODEL, TrainInstruction
+from fedsqueeze.protocol.instructions import (ENCODE_S, FULL_MODEL, NUM_EXAMPLES, REL_DISTORTION, TRAIN_LOSS, TRAIN_S,
+                                              TrainInstruction)
 from fedsqueeze.train import state_delta, train
 
 __all__ = ["ClientState", "RoundOutput", "run_local_round", "client_seed", "InjectedCrash", "client_data",
@@ -187,11 +188,11 @@ def run_local_round(
     if ins.inject == "hang":
         time.sleep(ins.hang_s)
     metrics = {
-        "num-examples": result.num_examples,
-        "train-loss": result.loss,
-        "rel-distortion": report.rel_distortion,
-        "train-s": result.seconds,
-        "encode-s": encode_s,
+        NUM_EXAMPLES: result.num_examples,
+        TRAIN_LOSS: result.loss,
+        REL_DISTORTION: report.rel_distortion,
+        TRAIN_S: result.seconds,
+        ENCODE_S: encode_s,
     }
     return RoundOutput(payload, metrics, ClientState(residual, state.broadcast, state.version))
 

@@ -13,8 +13,6 @@ Only these small summaries leave the client, never data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 
 import compression

@@ -29,7 +29,7 @@ from fedsqueeze.modelzip.masks import mask_state
 from fedsqueeze.partition import describe, label_counts, partition
 from fedsqueeze.ledger import ClientRow, Ledger, RoundRow, accuracy, run_summary, write_summary
 from fedsqueeze.models import build_model, initial_state, num_parameters
-from fedsqueeze.protocol.instructions import TrainInstruction
+from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, TrainInstruction
 from fedsqueeze.protocol.messages import CONFIG, MASK, METRICS, MODEL, payloads_record
 from fedsqueeze.train import evaluate
 from server.accounting import each_message_bytes, message_bytes, messages_bytes
@@ -104,11 +104,11 @@ def handshake(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], int, int, int
         if r.has_error():
             log(f"handshake: node {r.metadata.src_node_id} failed: {r.error.reason[:120]}")
             continue
-        pid = int(r.content[METRICS]["partition-id"])
+        pid = int(r.content[METRICS][PARTITION_ID])
         if pid in mapping:
             raise RuntimeError(f"two nodes claim partition {pid}")
         mapping[pid] = r.metadata.src_node_id
-        num_partitions = max(num_partitions, int(r.content[METRICS]["num-partitions"]))
+        num_partitions = max(num_partitions, int(r.content[METRICS][NUM_PARTITIONS]))
     return mapping, num_partitions, down, up
 
 

@@ -1,8 +1,10 @@
-"""What the server announces and a client obeys (Flower-free).
+"""What the server announces and a client obeys, and the names of what a client reports (Flower-free).
 
 Each instruction is a frozen dataclass that travels as the ``config``
 ``ConfigRecord`` of a message (kebab-case keys, :mod:`.records`); the client
-never guesses a setting the server did not announce.
+never guesses a setting the server did not announce. The replies' metric
+names are declared here once, for the client that writes them and the server
+that reads them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 
 from fedsqueeze.protocol.records import from_record, to_record
 
-__all__ = ["FULL_MODEL", "TrainInstruction", "StageQuery", "STAGE_OPS", "ranges_to_metrics", "metrics_to_ranges"]
+__all__ = ["FULL_MODEL", "TrainInstruction", "StageQuery", "STAGE_OPS", "ranges_to_metrics", "metrics_to_ranges",
+           "NUM_EXAMPLES", "TRAIN_LOSS", "REL_DISTORTION", "TRAIN_S", "ENCODE_S", "PARTITION_ID", "NUM_PARTITIONS"]
 
 #: ``base_version`` of a train instruction whose model payload is one whole model,
 #: not a chain of deltas (``server.downlink``).
@@ -21,6 +24,13 @@ FULL_MODEL = -1
 
 #: The model-compression queries a client answers (``client.stage_query`` answers them).
 STAGE_OPS = ("calibrate", "scores")
+
+# Metrics of a train reply. The server weighs updates by NUM_EXAMPLES (Flower's convention)
+# and screens it; the others are reported in the ledger.
+NUM_EXAMPLES, TRAIN_LOSS, REL_DISTORTION = "num-examples", "train-loss", "rel-distortion"
+TRAIN_S, ENCODE_S = "train-s", "encode-s"  # the client's own wall-clock seconds
+# Metrics of a handshake reply: which partition of how many the node holds.
+PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ Train instruction (server → client), ``message_type="train"``:
 Train reply (client → server):
     ``update``  ArrayRecord ``{"payload": uint8}``: the compressed update.
     ``metrics`` MetricRecord: num-examples, train-loss, rel-distortion, ...
+                (names in :mod:`fedsqueeze.protocol.instructions`)
 Handshake (round 0), ``message_type="query"``: the reply's ``metrics`` carry
 the node's ``partition-id`` so the server can sample deterministically.
 Stage queries, ``message_type="query"`` with ``config["op"]``
