@@ -125,6 +125,25 @@ def import_graph(root: Path, packages: Iterable[str]) -> tuple[Graph, list[str]]
     return graph, [f"{m}:{line} imports {name}" for m, line, name in sorted(missing)]
 
 
+def reachable(graph: Mapping[str, Iterable[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others (``start`` included)."""
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def external_imports(root: Path, packages: Iterable[str]) -> dict[str, set[str]]:
+    """Module → the top-level names of the non-project packages it imports (``flwr``, ``torch``, ...)."""
+    packages = list(packages)
+    files = module_files(root, packages)
+    return {m: {name.split(".")[0] for name, _ in _imports(m, ast.parse(path.read_text()), files)
+                if name and name.split(".")[0] not in packages} for m, path in files.items()}
+
+
 def layer_violations(graph: Mapping[str, Iterable[str]], layers: Mapping[str, int]) -> list[str]:
     """Edges that go up a layer, or across to another package of the same layer."""
     out = []
@@ -212,6 +231,18 @@ def test_the_import_graph_has_no_cycle(project):
     graph, _ = project
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_flower_free_modules_do_not_load_flower(project):
+    """compression, fedsqueeze (but its message schema) and the client's round logic run without Flower."""
+    graph, _ = project
+    ext = external_imports(REPO, LAYERS)
+    free = [m for m in graph if m.split(".")[0] in ("compression", "fedsqueeze") and m != "fedsqueeze.protocol.messages"]
+    free += ["client.local_round", "client.stage_query"]
+    loading = {m: sorted(d for d in reachable(graph, m) if "flwr" in ext[d]) for m in free}
+    loading = {m: via for m, via in loading.items() if via}
+    assert not loading, f"Flower-free modules that load flwr (through): {loading}"
+    assert "flwr" in ext["fedsqueeze.protocol.messages"]  # the check sees Flower imports at all
 
 
 def test_every_package_directory_has_a_layer():
