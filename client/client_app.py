@@ -12,9 +12,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.local_round import ClientState, TrainInstruction, run_local_round
-from client.stage_query import StageQuery, answer_calibrate, answer_scores
-from server.protocol import CONFIG, MASK, METRICS, MODEL, UPDATE, payloads_record, record_payloads
+from client.local_round import ClientState, run_local_round
+from client.stage_query import answer_calibrate, answer_scores
+from fedsqueeze.plugins import load_plugins
+from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, StageQuery, TrainInstruction
+from fedsqueeze.protocol.messages import (CONFIG, MASK, METRICS, MODEL, PAYLOAD, UPDATE, payloads_record,
+                                         record_payloads)
 
 app = ClientApp()
 
@@ -42,6 +45,18 @@ def _save_state(context: Context, state: ClientState) -> None:
                                                               for k, v in state.codec_state.items()})
 
 
+def _load_plugins(msg: Message, context: Context) -> None:
+    """Import the run's plugins before anything is parsed: from the run config and the server's announcement.
+
+    The run config has them under ``flwr run`` (simulation and deployment); the
+    announcement also covers presets and engines that pass no run config.
+    """
+    names = [str(context.run_config.get("plugins", ""))]
+    if CONFIG in msg.content.config_records and "plugins" in msg.content.config_records[CONFIG]:
+        names.append(str(msg.content.config_records[CONFIG]["plugins"]))
+    load_plugins(",".join(names))
+
+
 def _partition(context: Context) -> tuple[int, int]:
     return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 
@@ -49,28 +64,30 @@ def _partition(context: Context) -> tuple[int, int]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train locally and reply with the compressed model update."""
+    _load_plugins(msg, context)
     ins = TrainInstruction.from_record(msg.content[CONFIG])
     payloads = record_payloads(msg.content[MODEL])
     mask = record_payloads(msg.content[MASK])[0] if MASK in msg.content else None
     pid, n = _partition(context)
     out = run_local_round(ins, payloads, _load_state(context), pid, n, mask_payload=mask)
     _save_state(context, out.state)
-    content = RecordDict({UPDATE: payloads_record([out.payload], ["payload"]), METRICS: MetricRecord(out.metrics)})
+    content = RecordDict({UPDATE: payloads_record([out.payload], [PAYLOAD]), METRICS: MetricRecord(out.metrics)})
     return Message(content=content, reply_to=msg)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Handshake (which partition this node holds), or a model-compression stage query."""
+    _load_plugins(msg, context)
     pid, n = _partition(context)
     config = msg.content[CONFIG] if CONFIG in msg.content else {}
     if "op" not in config:
-        return Message(content=RecordDict({METRICS: MetricRecord({"partition-id": pid, "num-partitions": n})}),
+        return Message(content=RecordDict({METRICS: MetricRecord({PARTITION_ID: pid, NUM_PARTITIONS: n})}),
                        reply_to=msg)
     q = StageQuery.from_record(config)
     (model_payload,) = record_payloads(msg.content[MODEL])
     if q.op == "calibrate":
         content = RecordDict({METRICS: MetricRecord(answer_calibrate(q, model_payload, pid, n))})
     else:
-        content = RecordDict({UPDATE: payloads_record([answer_scores(q, model_payload, pid, n)], ["payload"])})
+        content = RecordDict({UPDATE: payloads_record([answer_scores(q, model_payload, pid, n)], [PAYLOAD])})
     return Message(content=content, reply_to=msg)

@@ -106,7 +106,8 @@ class FunctionQuant(QuantStage):
 
 class Uniform(FunctionQuant):
     def __init__(self) -> None:
-        super().__init__("uniform", v._enc_uniform, v._dec_uniform, keys=("bits", "mode", "rounding") + _QUANT_CODE_KEYS,
+        super().__init__("uniform", v._enc_uniform, v._dec_uniform,
+                         keys=("bits", "mode", "rounding") + _QUANT_CODE_KEYS,
                          summary="uniform b-bit grid, symmetric or affine")
 
     def validate(self, values: Mapping[str, Any]) -> None:

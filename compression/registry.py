@@ -343,6 +343,15 @@ class Stage:
         """``keys`` followed by the declared ``options``."""
         return tuple(dict.fromkeys(tuple(self.keys) + tuple(self.options)))
 
+    def relevant_keys(self, values: Mapping[str, Any]) -> tuple[str, ...]:
+        """The keys that have an effect given every key's value (default: all of :meth:`all_keys`).
+
+        Override to make an option conditional on another key, as ``block``
+        is on ``granularity=block``: a key given without effect is rejected,
+        so each pipeline keeps a single canonical string.
+        """
+        return self.all_keys()
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.kind}={self.name}>"
 

@@ -56,8 +56,8 @@ def _key_name(k: str) -> str:
 def _relevant(values: Mapping[str, Any]) -> set[str]:
     """Keys that have an effect given the stage choices in ``values``."""
     keys = {"prune", "quant", "min-numel", "zstd", "ef"}
-    keys.update(STAGES["prune"][values["prune"]].all_keys())
-    keys.update(STAGES["quant"][values["quant"]].all_keys())
+    keys.update(STAGES["prune"][values["prune"]].relevant_keys(values))
+    keys.update(STAGES["quant"][values["quant"]].relevant_keys(values))
     if "granularity" in keys and values.get("granularity") == "block":
         keys.add("block")
     if "schedule" in keys and values.get("schedule") == "warmup":

@@ -102,6 +102,8 @@ class RunConfig:
     model_quant: str = ""
     stage_clients: int = 10
     calibration_images: int = 600
+    # extensions: comma list of modules imported before anything is parsed (fedsqueeze.plugins)
+    plugins: str = ""
 
     @property
     def prune_levels(self) -> tuple[float, ...]:
@@ -158,6 +160,9 @@ class RunConfig:
         from compression import SpecError
 
         from . import netsim
+        from .plugins import load_plugins
+
+        load_plugins(self.plugins)  # first: plugins may register stages the pipelines below name
         from .models import MODELS
         from .partition import SCHEMES
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 import compression
-from server.protocol import UPDATE, record_payloads
+from fedsqueeze.protocol.messages import UPDATE, record_payloads
 from tests.federation_harness import SMALL, read_rows, run_direct
 
 

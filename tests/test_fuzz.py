@@ -53,7 +53,7 @@ from hypothesis import strategies as st
 import compression
 from compression import wire
 from fedsqueeze.models import initial_state
-from server.protocol import METRICS, UPDATE, payloads_record
+from fedsqueeze.protocol.messages import METRICS, UPDATE, payloads_record
 from server.replies import Accepted, Rejected, screen_reply
 
 # ----------------------------------------------------------------------------- budget
@@ -112,16 +112,21 @@ def _header_len(payload: bytes) -> int:
     return r._pos
 
 
-@pytest.fixture(scope="module")
-def corpus() -> dict[str, tuple[compression.PipelineSpec, bytes, int]]:
-    """name -> (spec, valid payload, header length)."""
+def build_corpus(pipelines: dict[str, str]) -> dict[str, tuple[compression.PipelineSpec, bytes, int]]:
+    """name -> (spec, valid payload, header length) for each pipeline (plugin stages too, once registered)."""
     out = {}
-    for i, (name, text) in enumerate(PIPELINES.items()):
+    for i, (name, text) in enumerate(pipelines.items()):
         spec = compression.parse_spec(text)
         payload = compression.encode(_update(i), spec, round=1 + i % 3, seed=i)
         assert compression.decode(payload, expected=SHAPES).keys() == SHAPES.keys()
         out[name] = (spec, payload, _header_len(payload))
     return out
+
+
+@pytest.fixture(scope="module")
+def corpus() -> dict[str, tuple[compression.PipelineSpec, bytes, int]]:
+    """name -> (spec, valid payload, header length)."""
+    return build_corpus(PIPELINES)
 
 
 # ----------------------------------------------------------------------------- deadline
@@ -437,22 +442,47 @@ def _fail_report(engine: str, bad: list) -> str:
     return f"{len(bad)} contract breaches, first: {bad[:5]}; errors: {dict(errs)}"
 
 
-def test_decode_seeded_fuzz(corpus):
-    """N_DECODE mutated payloads: PayloadError or finite tensors of the right shapes, nothing else."""
-    rng = np.random.default_rng(SEED)
+def seeded_decode_fuzz(corpus, n: int, seed: int, engine: str = "decode-seeded") -> list:
+    """``n`` mutated payloads of the corpus' pipelines through ``decode``; returns the contract breaches."""
+    rng = np.random.default_rng(seed)
     names = list(corpus)
     bad = []
-    for i in range(N_DECODE):
+    for i in range(n):
         name = names[i % len(names)]
         kind, payload = mutate(rng, corpus, name)
         if rng.random() < 0.75:
             expected, max_numel = SHAPES, 50_000_000                 # what the server does
         else:
             expected, max_numel = None, 4 * NUM_PARAMS               # deeper parsing of forged tables
-        label = _run("decode-seeded", check_decode, payload, expected, max_numel)
-        TALLY["decode-seeded:by-mutation"][f"{kind}:{label}"] += 1
+        label = _run(engine, check_decode, payload, expected, max_numel)
+        TALLY[engine + ":by-mutation"][f"{kind}:{label}"] += 1
         if label in ("other", "hang"):
             bad.append((i, name, kind, label))
+    return bad
+
+
+def seeded_screen_fuzz(corpus, instruction, n: int, seed: int, engine: str = "screen-seeded") -> list:
+    """``n`` hostile reply Messages for the corpus' pipelines through ``screen_reply``; returns the breaches.
+
+    A breach is an outcome other than Accepted/Rejected, or a valid reply not accepted.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(corpus)
+    bad = []
+    for i in range(n):
+        name = names[i % len(names)]
+        kind, msg, spec = build_reply(rng, corpus, instruction, name)
+        max_norm = float(rng.choice([0.0, 0.0, 0.0, 1e-3, 100.0]))
+        label = _run(engine, check_screen, msg, spec, max_norm)
+        TALLY[engine + ":by-mutation"][f"{kind}:{label}"] += 1
+        if label in ("other", "hang") or (kind == "valid" and max_norm != 1e-3 and label != "Accepted"):
+            bad.append((i, name, kind, label))
+    return bad
+
+
+def test_decode_seeded_fuzz(corpus):
+    """N_DECODE mutated payloads: PayloadError or finite tensors of the right shapes, nothing else."""
+    bad = seeded_decode_fuzz(corpus, N_DECODE, SEED)
     assert not bad, _fail_report("decode-seeded", bad)
     t = TALLY["decode-seeded"]
     assert t["decoded finite same-shape"] > 0 and t["PayloadError"] > N_DECODE // 2
@@ -460,17 +490,7 @@ def test_decode_seeded_fuzz(corpus):
 
 def test_screen_reply_seeded_fuzz(corpus, instruction):
     """N_REPLY hostile reply Messages: Accepted or Rejected, nothing else; valid replies are accepted."""
-    rng = np.random.default_rng(SEED + 1)
-    names = list(corpus)
-    bad = []
-    for i in range(N_REPLY):
-        name = names[i % len(names)]
-        kind, msg, spec = build_reply(rng, corpus, instruction, name)
-        max_norm = float(rng.choice([0.0, 0.0, 0.0, 1e-3, 100.0]))
-        label = _run("screen-seeded", check_screen, msg, spec, max_norm)
-        TALLY["screen-seeded:by-mutation"][f"{kind}:{label}"] += 1
-        if label in ("other", "hang") or (kind == "valid" and max_norm != 1e-3 and label != "Accepted"):
-            bad.append((i, name, kind, label))
+    bad = seeded_screen_fuzz(corpus, instruction, N_REPLY, SEED + 1)
     assert not bad, _fail_report("screen-seeded", bad)
     t = TALLY["screen-seeded"]
     assert t["Accepted"] > 0 and sum(v for k, v in t.items() if k.startswith("Rejected:")) > N_REPLY // 2

@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.local_round import TrainInstruction, client_data, client_seed
+from client.local_round import client_data, client_seed
 from fedsqueeze.config import RunConfig
 from fedsqueeze.models import build_model, initial_state
+from fedsqueeze.protocol.instructions import TrainInstruction
 from fedsqueeze.train import state_delta, train
 from server.aggregate import weighted_mean
-from server.federation import sample_partitions
+from server.rounds import sample_partitions
 
 log = logging.getLogger(__name__)
 

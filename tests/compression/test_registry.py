@@ -204,3 +204,20 @@ def test_shared_option_must_be_identical(registered):
 def test_reregistering_the_same_class_is_harmless(registered):
     compression.register_stage(Halves)
     assert isinstance(STAGES["quant"]["halves"], Halves)
+
+
+def test_relevant_keys_make_an_option_conditional():
+    class Cond(QuantStage):
+        name = "cond"
+        options = {"variant": Key(str, "plain", ("plain", "fancy")), "fancy-level": Key(int, 1, lo=1, hi=9)}
+
+        def relevant_keys(self, values):
+            return ("variant", "fancy-level") if values["variant"] == "fancy" else ("variant",)
+
+    compression.register_stage(Cond)
+    try:
+        assert parse_spec("quant=cond,variant=fancy,fancy-level=3").get("fancy-level") == 3
+        with pytest.raises(SpecError, match="'fancy-level' has no effect"):
+            parse_spec("quant=cond,fancy-level=3")
+    finally:
+        compression.unregister_stage("quant", "cond")

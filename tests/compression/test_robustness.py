@@ -43,8 +43,8 @@ def _check_result(out):
         assert v.dtype == torch.float32 and torch.isfinite(v).all()
 
 
-@pytest.mark.parametrize("spec, payload", PAYLOADS, ids=[s for s, _ in PAYLOADS])
-def test_every_truncation_raises(spec, payload):
+def check_every_truncation(payload: bytes) -> None:
+    """Every prefix (bare, and re-sealed with a valid CRC) and one extra byte raise PayloadError."""
     for n in range(len(payload)):
         with pytest.raises(PayloadError):
             compression.decode(payload[:n])
@@ -58,8 +58,8 @@ def test_every_truncation_raises(spec, payload):
         compression.decode(seal(payload[:-4] + b"\x00"))
 
 
-@pytest.mark.parametrize("spec, payload", PAYLOADS, ids=[s for s, _ in PAYLOADS])
-def test_every_single_byte_corruption(spec, payload):
+def check_every_single_byte_corruption(payload: bytes) -> None:
+    """Each byte xor 0x01/0x80/0xFF, CRC kept and recomputed: PayloadError or finite float32 tensors."""
     shapes = {k: tuple(v.shape) for k, v in compression.decode(payload).items()}
     body = bytearray(payload[:-4])
     for i in range(len(payload)):
@@ -81,6 +81,16 @@ def test_every_single_byte_corruption(spec, payload):
                 except PayloadError:
                     continue
                 _check_result(out)
+
+
+@pytest.mark.parametrize("spec, payload", PAYLOADS, ids=[s for s, _ in PAYLOADS])
+def test_every_truncation_raises(spec, payload):
+    check_every_truncation(payload)
+
+
+@pytest.mark.parametrize("spec, payload", PAYLOADS, ids=[s for s, _ in PAYLOADS])
+def test_every_single_byte_corruption(spec, payload):
+    check_every_single_byte_corruption(payload)
 
 
 def _raw_payload(values, shape=None):
