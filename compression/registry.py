@@ -33,17 +33,18 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .errors import RegistrationError, SpecError
+from .prune import IMPORTANCE, Selection
+from .quantize import Groups
 
-if TYPE_CHECKING:  # imported for annotations only: these modules import this one
-    from .prune import Selection
-    from .quantize import Groups
-    from .spec import PipelineSpec
-    from .wire import Reader
+# compression.spec and compression.wire import this module, so their types are not imported here
+# (the import graph stays acyclic): annotations name them through these aliases.
+PipelineSpec = Any  # compression.PipelineSpec
+Reader = Any  # compression.wire.Reader
 
 __all__ = [
     "Key",
@@ -122,8 +123,6 @@ class Key:
         if words is not None:
             return "one of " + "|".join(words)
         if self.field == "importance":
-            from .prune import IMPORTANCE  # lazy: the importance registry lives with the pruners
-
             return "one of " + "|".join(sorted(IMPORTANCE))
         if self.kind is bool:
             return "true|false"
@@ -229,12 +228,12 @@ class ValueContext:
         the caller keeps no state (a stateful stage must then start fresh).
     """
 
-    spec: "PipelineSpec"
+    spec: PipelineSpec
     name: str
     shape: tuple[int, ...]
     count: int
     elements: np.ndarray | None
-    groups: "Groups"
+    groups: Groups
     rng: np.random.Generator | None = None
     round: int | None = None
     seed: int | None = None
@@ -266,7 +265,7 @@ class PruneContext:
         Seeded from ``(seed, round)``, independent of the value coder's.
     """
 
-    spec: "PipelineSpec"
+    spec: PipelineSpec
     names: list[str]
     shapes: list[tuple[int, ...]]
     keep: float | None
@@ -325,7 +324,7 @@ class Stage:
             Naming the key and what is wrong.
         """
 
-    def max_payload_bytes(self, spec: "PipelineSpec", shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    def max_payload_bytes(self, spec: PipelineSpec, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
         """An upper bound on an honest payload for ``shapes``, if the probe is not one.
 
         The server rejects a payload longer than its bound before decoding.
@@ -388,7 +387,7 @@ class QuantStage(Stage):
         """Code ``x`` (float32, ``ctx.count`` values, finite) as bytes."""
         raise NotImplementedError(f"quant={self.name} has no encoder")
 
-    def decode(self, r: "Reader", ctx: ValueContext) -> np.ndarray:
+    def decode(self, r: Reader, ctx: ValueContext) -> np.ndarray:
         """Read ``ctx.count`` values written by :meth:`encode` (float32 array of that length)."""
         raise NotImplementedError(f"quant={self.name} has no decoder")
 
@@ -416,18 +415,18 @@ class PruneStage(Stage):
 
     kind: ClassVar[str] = "prune"
 
-    def layout(self, spec: "PipelineSpec", shape: tuple[int, ...]) -> int:
+    def layout(self, spec: PipelineSpec, shape: tuple[int, ...]) -> int:
         """:data:`SPARSE` (positions and kept values) or :data:`DENSE` (every value) for a tensor of ``shape``.
 
         Depends on the spec and the shape only, so the decoder can insist on it.
         """
         return SPARSE
 
-    def units(self, spec: "PipelineSpec", shape: tuple[int, ...]) -> tuple[int, int]:
+    def units(self, spec: PipelineSpec, shape: tuple[int, ...]) -> tuple[int, int]:
         """``(position slots, elements per slot)`` of a sparse tensor: ``(numel, 1)`` element-wise."""
         return math.prod(shape), 1
 
-    def select(self, arrays: Sequence[np.ndarray], ctx: PruneContext) -> list["Selection"]:
+    def select(self, arrays: Sequence[np.ndarray], ctx: PruneContext) -> list[Selection]:
         """One :class:`~compression.prune.Selection` per flat float32 array, with :meth:`units`' unit.
 
         Indices are sorted, unique ``int64`` slot numbers below the slot
@@ -606,7 +605,7 @@ def get_stage(kind: str, name: str) -> Stage:
     return STAGES[kind][name]
 
 
-def pipeline_stages(spec: "PipelineSpec") -> tuple[PruneStage, QuantStage]:
+def pipeline_stages(spec: PipelineSpec) -> tuple[PruneStage, QuantStage]:
     """The ``(prune, quant)`` stages a spec uses."""
     return STAGES["prune"][spec.prune], STAGES["quant"][spec.quant]  # type: ignore[return-value]
 

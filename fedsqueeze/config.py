@@ -160,9 +160,12 @@ class RunConfig:
         from compression import SpecError
 
         from . import netsim
-        from .plugins import load_plugins
+        from .plugins import PluginError, load_plugins
 
-        load_plugins(self.plugins)  # first: plugins may register stages the pipelines below name
+        try:  # first: plugins may register stages the pipelines below name
+            load_plugins(self.plugins)
+        except PluginError as exc:
+            raise ConfigError(f"config key 'plugins': {exc}") from exc
         from .models import MODELS
         from .partition import SCHEMES
 

@@ -22,8 +22,6 @@ import re
 from collections.abc import Iterable
 from types import ModuleType
 
-from .config import ConfigError
-
 __all__ = ["PluginError", "parse_plugins", "load_plugins"]
 
 log = logging.getLogger("fedsqueeze.plugins")
@@ -31,8 +29,12 @@ log = logging.getLogger("fedsqueeze.plugins")
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-class PluginError(ConfigError):
-    """A plugin module is malformed, cannot be found or fails while it registers (names the plugin)."""
+class PluginError(ImportError):
+    """A plugin module is malformed, cannot be found or fails while it registers (names the plugin).
+
+    :meth:`fedsqueeze.config.RunConfig.validate` reports it as a
+    ``ConfigError`` for the key ``plugins`` (this error is its ``__cause__``).
+    """
 
 
 def parse_plugins(text: str | Iterable[str]) -> tuple[str, ...]:

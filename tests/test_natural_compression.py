@@ -47,9 +47,11 @@ def natural():
 
 
 def test_plugins_key_errors_name_the_plugin(tmp_path, monkeypatch):
-    with pytest.raises(PluginError, match="'no_such_module_xyz': module not found") as e:
+    with pytest.raises(ConfigError, match="config key 'plugins': plugin 'no_such_module_xyz': module not found") as e:
         RunConfig.from_mapping({"plugins": "no_such_module_xyz"})
-    assert isinstance(e.value, ConfigError) and "PYTHONPATH" in str(e.value)
+    assert isinstance(e.value.__cause__, PluginError) and "PYTHONPATH" in str(e.value)
+    with pytest.raises(PluginError, match="'no_such_module_xyz': module not found"):
+        load_plugins("no_such_module_xyz")
     with pytest.raises(PluginError, match="not a Python module name"):
         load_plugins("examples/natural_compression")
     (tmp_path / "fsq_bad_plugin.py").write_text(textwrap.dedent("""
