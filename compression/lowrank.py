@@ -32,8 +32,11 @@ many rounds it missed: a stale subspace is still a better start than a
 random one, because consecutive updates of one client share their dominant
 directions (its data does not change), and one power step corrects it.  A
 client that has no stored factor (first participation, or after a server
-resume: client state is not checkpointed) starts from a Gaussian ``Q``
+resume without ``client-state-dir``) starts from a Gaussian ``Q``
 drawn from the encoder's seeded stream, so payloads stay deterministic.
+(With ``client-state-dir`` the client also saves its factors to disk with
+its residual, so a resumed run continues with them: see
+``client/state_store.py``.)
 The warm start changes only where the power step starts, never the wire
 format: the decoder needs nothing but ``P`` and ``Q'``.
 

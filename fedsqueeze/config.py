@@ -44,6 +44,7 @@ class RunConfig:
     seed: int = 0
     out_dir: str = ""
     resume: bool = False
+    client_state_dir: str = ""
     # data and model
     data_dir: str = ""
     model: str = "mcmahan-cnn"
@@ -160,14 +161,14 @@ class RunConfig:
         from compression import SpecError
 
         from . import netsim
+        from .models import MODELS
+        from .partition import SCHEMES
         from .plugins import PluginError, load_plugins
 
         try:  # first: plugins may register stages the pipelines below name
             load_plugins(self.plugins)
         except PluginError as exc:
             raise ConfigError(f"config key 'plugins': {exc}") from exc
-        from .models import MODELS
-        from .partition import SCHEMES
 
         def need(ok: bool, key: str, what: str) -> None:
             if not ok:

@@ -59,6 +59,7 @@ class TrainInstruction:
     bf16_autocast: bool = False
     qat: bool = False  # train the fake-quantized (int8 QAT) graph of the received model
     catchup: bool = False  # delta downlink: one accumulated update from base to target, not a chain
+    state_dir: str = ""  # where the client saves its state for an exact resume ('' = memory only)
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrainInstruction:
