@@ -57,8 +57,15 @@ import numpy as np
 from .errors import PayloadError, SpecError
 from .registry import Key, QuantStage, ValueContext, register_stage
 
-__all__ = ["matrix_shape", "effective_rank", "powersgd_encode", "powersgd_decode", "orthonormalize",
-           "values_sent", "PowerSGD"]
+__all__ = [
+    "PowerSGD",
+    "effective_rank",
+    "matrix_shape",
+    "orthonormalize",
+    "powersgd_decode",
+    "powersgd_encode",
+    "values_sent",
+]
 
 _EPS = 1e-12
 

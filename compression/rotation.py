@@ -56,17 +56,17 @@ from .registry import Key, QuantStage, ValueContext, register_stage
 
 __all__ = [
     "LLOYD_MAX",
-    "block_size",
-    "fwht",
-    "rotate",
-    "unrotate",
-    "drive_encode",
-    "drive_decode",
-    "eden_encode",
-    "eden_decode",
-    "rotated_length",
     "Drive",
     "Eden",
+    "block_size",
+    "drive_decode",
+    "drive_encode",
+    "eden_decode",
+    "eden_encode",
+    "fwht",
+    "rotate",
+    "rotated_length",
+    "unrotate",
 ]
 
 #: Positive Lloyd-Max centroids of N(0, 1) for 2^b levels (the negative ones

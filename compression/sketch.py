@@ -65,8 +65,17 @@ import torch
 from .errors import PayloadError, SpecError
 from .registry import DENSE, Key, QuantStage, ValueContext, register_stage
 
-__all__ = ["table_shape", "hashes", "sketch", "unsketch", "top_k", "sketch_encode", "sketch_decode",
-           "FetchSGDAggregator", "FetchSGD"]
+__all__ = [
+    "FetchSGD",
+    "FetchSGDAggregator",
+    "hashes",
+    "sketch",
+    "sketch_decode",
+    "sketch_encode",
+    "table_shape",
+    "top_k",
+    "unsketch",
+]
 
 _HASH_SEED = 0x5CE7C4
 _CACHE: OrderedDict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -169,7 +178,8 @@ class FetchSGDAggregator:
     """
 
     def __init__(self, spec, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        from .codec import _layout  # lazy: the codec is imported after the stages register
+        # lazy: the codec is imported after the stages register
+        from .codec import _layout
 
         self.spec = spec
         self.shapes = {k: tuple(v) for k, v in shapes.items()}

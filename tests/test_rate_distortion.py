@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 
 import compression
-from benchmarks.rate_distortion import __main__ as cli, atlas
+from benchmarks.rate_distortion import __main__ as cli
+from benchmarks.rate_distortion import atlas
 from benchmarks.rate_distortion.capture import CaptureSpec, capture
 from fedsqueeze.models import initial_state
 

@@ -20,6 +20,7 @@ import torch
 from . import atlas
 from .capture import CaptureSpec, load_or_capture
 
+log = logging.getLogger("benchmarks.rate_distortion")
 HERE = Path(__file__).resolve().parent
 CAPTURES = (CaptureSpec(partition="iid"), CaptureSpec(partition="shards", shards_per_client=2))
 
@@ -68,7 +69,7 @@ def render(out: Path) -> None:
     rows = atlas.read_csv(out / "table.csv")
     (out / "table.md").write_text(markdown(rows))
     atlas.plot(rows, out / "atlas.png", "McMahan CNN client updates")
-    logging.info("atlas: %d rows -> %s", len(rows), out)
+    log.info("atlas: %d rows -> %s", len(rows), out)
 
 
 def markdown(rows) -> str:

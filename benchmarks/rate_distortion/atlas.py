@@ -32,8 +32,17 @@ import compression
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Setting", "SETTINGS", "Row", "evaluate", "write_csv", "read_csv", "write_markdown", "plot",
-           "gaussian_nmse"]
+__all__ = [
+    "SETTINGS",
+    "Row",
+    "Setting",
+    "evaluate",
+    "gaussian_nmse",
+    "plot",
+    "read_csv",
+    "write_csv",
+    "write_markdown",
+]
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,7 @@ class Setting:
 
 def _settings() -> list[Setting]:
     out: list[Setting] = []
-    add = lambda fam, lab, spec: out.append(Setting(fam, lab, spec))  # noqa: E731
+    add = lambda fam, lab, spec: out.append(Setting(fam, lab, spec))
     for k in (0.001, 0.01, 0.05, 0.2):
         add("topk (fp32 values)", f"keep={k}", f"prune=topk,keep={k}")
     for k in (0.001, 0.01, 0.05, 0.2):

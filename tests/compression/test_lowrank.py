@@ -41,6 +41,7 @@ def test_conv_kernel_is_out_by_rest_and_bias_raw():
     head += len(str(spec))
     # conv: u32 length, DENSE byte, (8 + 75) * 2 f32; bias: u32 length, DENSE byte, 8 f32 (raw values); CRC
     assert len(payload) == head + (4 + 1 + 4 * 83 * 2) + (4 + 1 + 4 * 8) + 4
+    assert rep.payload_bytes == len(payload) and rep.bits_per_param == 8 * len(payload) / (8 * 75 + 8)
     out = compression.decode(payload)
     assert torch.equal(out["conv.bias"], upd["conv.bias"])
     assert torch.linalg.matrix_rank(out["conv.weight"].reshape(8, 75)) == 2

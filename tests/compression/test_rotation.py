@@ -21,8 +21,12 @@ def _roundtrip(x: np.ndarray, spec: str, seed: int = 0) -> np.ndarray:
 
 
 def _lloyd(bits: int) -> list[float]:
-    pdf = lambda t: math.exp(-t * t / 2) / math.sqrt(2 * math.pi)  # noqa: E731
-    cdf = lambda t: 0.5 * (1 + math.erf(t / math.sqrt(2)))  # noqa: E731
+    def pdf(t):
+        return math.exp(-t * t / 2) / math.sqrt(2 * math.pi)
+
+    def cdf(t):
+        return 0.5 * (1 + math.erf(t / math.sqrt(2)))
+
     levels = 1 << bits
     c = [-2 + 4 * (i + 0.5) / levels for i in range(levels)]
     for _ in range(20_000):

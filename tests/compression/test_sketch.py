@@ -8,7 +8,7 @@ import torch
 
 import compression
 from compression import PayloadError, SpecError, sketch, wire
-from compression.wire import Reader, seal
+from compression.wire import seal
 
 
 def test_table_by_hand():
@@ -64,6 +64,7 @@ def test_payload_bytes_and_single_decode():
     head = len(fp32) - 4 - (4 + 1 + 8000) - (4 + 1 + 160) - len("prune=none,quant=none") + len(str(spec))
     cols = math.ceil(0.3 * 2000 / 3)
     assert cols == 200 and len(payload) == head + (4 + 1 + 4 * 3 * cols) + (4 + 1 + 160) + 4
+    assert rep.payload_bytes == len(payload) and rep.bits_per_param == 8 * len(payload) / 2040
     out = compression.decode(payload)
     assert int((out["w"] != 0).sum()) == 200 and torch.equal(out["b"], upd["b"])
 
@@ -163,8 +164,8 @@ def test_spec_rules():
 
 def test_federation_resume_keeps_sketch_state(tmp_path):
     """A FetchSGD run cut after round 2 and resumed equals the uninterrupted run (no client state)."""
-    from server.checkpoint import load_checkpoint
     from fedsqueeze.config import RunConfig
+    from server.checkpoint import load_checkpoint
     from tests.federation_harness import SMALL, read_rows, run_direct
 
     cfg = {**SMALL, "uplink": "quant=fetchsgd,keep=0.05,sketch-size=0.5", "downlink": "fp32",
@@ -177,7 +178,7 @@ def test_federation_resume_keeps_sketch_state(tmp_path):
     for ra, rb in zip(rows_a, rows_b):
         for key in ("test_accuracy", "test_loss", "uplink_bytes", "uplink_payload_bytes", "applied"):
             assert ra[key] == rb[key], (ra["round"], key)
-    c = lambda out: RunConfig.from_mapping({**cfg, "out-dir": str(out)}).to_mapping()  # noqa: E731
+    c = lambda out: RunConfig.from_mapping({**cfg, "out-dir": str(out)}).to_mapping()
     a, b = load_checkpoint(tmp_path / "whole", c(tmp_path / "whole")), load_checkpoint(tmp_path / "cut", c(tmp_path / "cut"))
     assert sorted(a.aggregator_state) == sorted(b.aggregator_state)
     assert {k.split("/")[0] for k in a.aggregator_state} == {"momentum", "error"}
