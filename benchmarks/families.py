@@ -131,13 +131,13 @@ def write(rows: list[dict[str, object]], out: Path = HERE) -> None:
     budget = max((int(r["rounds"]) for r in rows), default=0)
     lines = [
         "# Compressor families in a federation: bytes to target beside stc and signsgd-ef", "",
-        f"McMahan CNN, 100 clients, 10 per round, E = 5, B = 10, lr = 0.05, IID, seed 0, float32 model "
+        (f"McMahan CNN, 100 clients, 10 per round, E = 5, B = 10, lr = 0.05, IID, seed 0, float32 model "
         f"downlink for the families and signsgd-ef (stc: its own delta downlink), **budget {budget} rounds** "
         "(the 2 shared cores allowed no more this session; the lead runs the long version by raising "
         "`num-server-rounds` in `simulations/sweeps/families.toml`). `stc` and `fedavg-fp32` are the standard "
         "benchmark's seed-0 runs cut to the same rounds; their rounds to 99 % over the full run are in the "
         "last column. MB = 10⁶ bytes of Flower messages (uplink: client replies; total: both directions), as "
-        "the ledger counts them.", "",
+        "the ledger counts them."), "",
         "| preset | uplink pipeline | bits/param up | rel. distortion | acc @ budget | best | "
         + " | ".join(f"{t:.2f}: round / up MB / total MB" for t in TARGETS)
         + " | up MB @ budget | total MB @ budget | full run: round to 0.99 |",

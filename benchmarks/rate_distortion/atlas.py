@@ -160,10 +160,10 @@ def write_markdown(rows: Sequence[Row], path: Path, rounds_note: str) -> None:
     order = list(dict.fromkeys(_key(r) for r in rows))
     lines = ["# Rate-distortion atlas: normalized MSE against bits per coordinate on real updates", "",
              rounds_note, "",
-             "Both columns are measured from the real payload bytes (`8 * len(payload) / numel`) and the real "
+             ("Both columns are measured from the real payload bytes (`8 * len(payload) / numel`) and the real "
              "decode (`||x - x_hat||^2 / ||x||^2`). *Gaussian D(R)* is `2^(-2R)` at the measured rate; "
              "*vs D(R)* is NMSE / D(R) (below 1: better than any code could do on an i.i.d. Gaussian source of "
-             "the same variance; see `README.md` in this folder for what that does and does not mean).", ""]
+             "the same variance; see `README.md` in this folder for what that does and does not mean)."), ""]
     for part in parts:
         lines += [f"## Partition `{part}`", "",
                   "| compressor | setting | bits/coord | " + " | ".join(f"NMSE r{r}" for r in rounds)

@@ -1,5 +1,6 @@
 """DRIVE / EDEN: Hadamard by hand, the papers' asymptotic normalized MSE, unbiasedness, wire format."""
 
+import itertools
 import math
 
 import numpy as np
@@ -32,7 +33,7 @@ def _lloyd(bits: int) -> list[float]:
     for _ in range(20_000):
         edges = [-math.inf] + [(c[i] + c[i + 1]) / 2 for i in range(levels - 1)] + [math.inf]
         new = []
-        for a, z in zip(edges[:-1], edges[1:]):
+        for a, z in itertools.pairwise(edges):
             pa = 0.0 if a == -math.inf else pdf(a)
             pz = 0.0 if z == math.inf else pdf(z)
             new.append((pa - pz) / (cdf(z) - cdf(a)))
