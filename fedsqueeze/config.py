@@ -71,7 +71,7 @@ class RunConfig:
     downlink: str = "stc"
     downlink_mode: str = "delta"
     downlink_catchup: str = ""
-    # server optimizer
+    # server optimizer (fedsqueeze.optimizers registry; each reads the server-* keys it names)
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
     server_momentum: float = 0.9
@@ -159,6 +159,7 @@ class RunConfig:
 
         from . import netsim
         from .models import MODELS
+        from .optimizers import SERVER_OPTIMIZERS, server_optimizer_names
         from .partition import SCHEMES
 
         def need(ok: bool, key: str, what: str) -> None:
@@ -184,8 +185,8 @@ class RunConfig:
         need(self.weight_decay >= 0, "weight-decay", "must be >= 0")
         need(self.client_threads >= 1, "client-threads", "must be >= 1")
         need(self.downlink_mode in ("full", "delta"), "downlink-mode", "must be 'full' or 'delta'")
-        need(self.server_optimizer in ("fedavg", "fedavgm", "fedadam"), "server-optimizer",
-             "must be 'fedavg', 'fedavgm' or 'fedadam'")
+        need(self.server_optimizer in SERVER_OPTIMIZERS, "server-optimizer",
+             f"must be a registered server optimizer: {server_optimizer_names()}")
         need(self.server_lr > 0, "server-lr", "must be > 0")
         need(0 <= self.server_momentum < 1, "server-momentum", "must be in [0, 1)")
         need(0 <= self.server_beta1 < 1, "server-beta1", "must be in [0, 1)")

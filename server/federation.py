@@ -29,10 +29,11 @@ from fedsqueeze.partition import describe, label_counts, partition
 from fedsqueeze.ledger import (ClientRow, Ledger, RoundRow, accuracy, evaluated, git_revision, package_versions,
                                targets_reached, write_summary)
 from fedsqueeze.models import build_model, initial_state, num_parameters
+from fedsqueeze.optimizers import ServerOptimizer, server_optimizer_from_config
 from fedsqueeze.train import evaluate
 from server.accounting import each_message_bytes, message_bytes, messages_bytes
 from server.exchange import exchange
-from server.aggregate import ServerOptimizer, weighted_mean
+from server.aggregate import weighted_mean
 from server.model_stages import run_model_stages
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.downlink import CATCHUP, Broadcast, Broadcaster
@@ -235,8 +236,7 @@ def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
         up_spec=up_spec,
         broadcaster=Broadcaster(cfg.downlink_mode, down_spec, cfg.seed, {k: v.clone() for k, v in weights.items()},
                                 catchup=resolve_pipeline(cfg.downlink_catchup) if cfg.downlink_catchup else None),
-        optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta1,
-                                  cfg.server_beta2, cfg.server_tau),
+        optimizer=server_optimizer_from_config(cfg),
         ledger=None,
         started=time.perf_counter(),
         payload_bound=payload_bound(up_spec, shapes, cfg.seed),
