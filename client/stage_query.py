@@ -14,15 +14,18 @@ Only these small summaries leave the client, never data.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 import compression
 from client.local_round import client_data, client_seed
-from client.records import from_record, to_record
+from client.records import OMIT_DEFAULT, from_record, to_record
+from fedsqueeze.datasets import DEFAULT_DATASET
+from fedsqueeze.device import resolve_device
 from fedsqueeze.models import build_model
+from fedsqueeze.train import on_device
 from fedsqueeze.modelzip import observe_ranges, taylor_scores
 
 __all__ = ["StageQuery", "OPS", "answer_calibrate", "answer_scores", "ranges_to_metrics", "metrics_to_ranges"]
@@ -43,6 +46,8 @@ class StageQuery:
     shards_per_client: int
     data_dir: str
     calibration_images: int
+    dataset: str = field(default=DEFAULT_DATASET, metadata=OMIT_DEFAULT)
+    device: str = field(default="cpu", metadata=OMIT_DEFAULT)  # Taylor scores; calibration observes on the CPU
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> StageQuery:
@@ -66,7 +71,7 @@ def _local_sample(q: StageQuery, partition_id: int, num_partitions: int) -> tupl
 
 
 def _float_model(q: StageQuery, model_payload: bytes) -> torch.nn.Module:
-    model = build_model(q.model)
+    model = build_model(q.model, q.dataset)
     template = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     model.load_state_dict(compression.decode(model_payload, expected=template))
     return model.eval()
@@ -80,10 +85,13 @@ def answer_calibrate(q: StageQuery, model_payload: bytes, partition_id: int, num
 
 
 def answer_scores(q: StageQuery, model_payload: bytes, partition_id: int, num_partitions: int) -> bytes:
-    """Taylor scores of the received model on local data, as a lossless fp32 payload."""
+    """Taylor scores of the received model on local data (computed on ``q.device``), as a lossless fp32 payload."""
+    device = resolve_device(q.device)
     x, y = _local_sample(q, partition_id, num_partitions)
-    scores = taylor_scores(_float_model(q, model_payload), x, y)
-    return compression.encode(scores, "fp32")
+    model = _float_model(q, model_payload)
+    with on_device(model, device):
+        scores = taylor_scores(model, x.to(device), y.to(device))
+    return compression.encode({k: v.cpu() for k, v in scores.items()}, "fp32")
 
 
 def ranges_to_metrics(ranges: Mapping[str, tuple[float, float]]) -> dict[str, float]:

@@ -46,6 +46,7 @@ class RunConfig:
     resume: bool = False
     # data and model
     data_dir: str = ""
+    dataset: str = "mnist"
     model: str = "mcmahan-cnn"
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
@@ -66,6 +67,7 @@ class RunConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     client_threads: int = 1
+    device: str = "cpu"
     # compression
     uplink: str = "stc"
     downlink: str = "stc"
@@ -158,6 +160,8 @@ class RunConfig:
         from compression import SpecError
 
         from . import netsim
+        from .datasets import DATASETS, dataset_names
+        from .device import DEVICE_CHOICES, check_device
         from .models import MODELS
         from .optimizers import SERVER_OPTIMIZERS, server_optimizer_names
         from .partition import SCHEMES
@@ -166,6 +170,7 @@ class RunConfig:
             if not ok:
                 raise ConfigError(f"config key {key!r}: {what} (got {getattr(self, key.replace('-', '_'))!r})")
 
+        need(self.dataset in DATASETS, "dataset", f"must be a registered dataset: {dataset_names()}")
         need(self.model in MODELS, "model", f"must be one of {sorted(MODELS)}")
         need(self.partition in SCHEMES, "partition", f"must be one of {SCHEMES}")
         need(self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0")
@@ -184,6 +189,10 @@ class RunConfig:
         need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         need(self.weight_decay >= 0, "weight-decay", "must be >= 0")
         need(self.client_threads >= 1, "client-threads", "must be >= 1")
+        try:
+            check_device(self.device)
+        except ValueError:
+            need(False, "device", f"must be one of {DEVICE_CHOICES}")
         need(self.downlink_mode in ("full", "delta"), "downlink-mode", "must be 'full' or 'delta'")
         need(self.server_optimizer in SERVER_OPTIMIZERS, "server-optimizer",
              f"must be a registered server optimizer: {server_optimizer_names()}")

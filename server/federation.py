@@ -24,7 +24,8 @@ import compression
 from client.local_round import TrainInstruction, mask_state
 from fedsqueeze import netsim
 from fedsqueeze.config import RunConfig, resolve_pipeline
-from fedsqueeze.data import data_provenance, load_mnist, test_tensors
+from fedsqueeze.datasets import dataset_provenance, get_dataset, load_dataset, test_tensors
+from fedsqueeze.device import resolve_device
 from fedsqueeze.partition import describe, label_counts, partition
 from fedsqueeze.ledger import (ClientRow, Ledger, RoundRow, accuracy, evaluated, git_revision, package_versions,
                                targets_reached, write_summary)
@@ -85,13 +86,14 @@ def log_partitions(cfg: RunConfig, num_partitions: int, out_dir: Path) -> list[i
     Returns the number of training examples of each partition (the server knows them from the
     seed, so the ledger and the network simulation do not depend on what clients report).
     """
-    labels = np.asarray(load_mnist(cfg.data_dir or None).train_labels)
+    labels = np.asarray(load_dataset(cfg.dataset, cfg.data_dir or None).train_labels)
+    num_classes = get_dataset(cfg.dataset).num_classes
     parts = partition(labels, num_partitions, cfg.partition, seed=cfg.seed, alpha=cfg.dirichlet_alpha,
                       shards_per_client=cfg.shards_per_client)
-    log(describe(labels, parts, limit=5))
-    counts = label_counts(labels, parts)
+    log(describe(labels, parts, limit=5, num_classes=num_classes))
+    counts = label_counts(labels, parts, num_classes)
     with open(out_dir / "partitions.csv", "w") as fh:
-        fh.write("partition_id,num_examples," + ",".join(f"label_{d}" for d in range(10)) + "\n")
+        fh.write("partition_id,num_examples," + ",".join(f"label_{d}" for d in range(num_classes)) + "\n")
         for pid, row in enumerate(counts):
             fh.write(f"{pid},{int(row.sum())}," + ",".join(str(int(c)) for c in row) + "\n")
     return [int(row.sum()) for row in counts]
@@ -167,11 +169,12 @@ class _Run:
     resume_handshake_bytes: int = 0
     resumed_at: int | None = None
     stage_rows: list[dict[str, Any]] | None = None
+    device: torch.device = torch.device("cpu")  # evaluation and model stages; the weights stay on the CPU
 
     def evaluate(self) -> tuple[float, float]:
-        x, y = test_tensors(self.cfg.data_dir or None)
+        x, y = test_tensors(self.cfg.dataset, self.cfg.data_dir or None)
         self.model.load_state_dict(self.weights)
-        return evaluate(self.model, x, y, self.cfg.eval_batch_size)
+        return evaluate(self.model, x, y, self.cfg.eval_batch_size, device=self.device)
 
     def summary(self, status: str) -> dict[str, Any]:
         rows = self.ledger.rows if self.ledger else []
@@ -185,7 +188,7 @@ class _Run:
             "name": self.cfg.name,
             "seed": self.cfg.seed,
             "config": self.cfg.to_mapping(),
-            "data": data_provenance(self.cfg.data_dir or None),
+            "data": dataset_provenance(self.cfg.dataset, self.cfg.data_dir or None),
             "pipeline_up": str(self.up_spec),
             "pipeline_down": str(self.broadcaster.spec),
             "num_params": self.num_params,
@@ -221,8 +224,9 @@ class _Run:
 
 def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
-    weights = initial_state(cfg.model, cfg.seed)
+    device = resolve_device(cfg.device)  # a CUDA request without CUDA fails here, before any round
+    model = build_model(cfg.model, cfg.dataset)
+    weights = initial_state(cfg.model, cfg.seed, cfg.dataset)
     down_spec = resolve_pipeline(cfg.downlink)
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
     up_spec = resolve_pipeline(cfg.uplink)
@@ -240,6 +244,7 @@ def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
         ledger=None,
         started=time.perf_counter(),
         payload_bound=payload_bound(up_spec, shapes, cfg.seed),
+        device=device,
     )
 
 
@@ -250,7 +255,8 @@ def _setup_network(run: _Run, num_partitions: int) -> None:
     if run.profiles is None:
         return
     run.reference_flops = netsim.reference_flops(cfg.network)
-    run.flops_per_example = netsim.train_flops_per_example(build_model(cfg.model), (1, 28, 28))
+    run.flops_per_example = netsim.train_flops_per_example(build_model(cfg.model, cfg.dataset),
+                                                           get_dataset(cfg.dataset).input_shape)
     log(f"network: {cfg.network} x{cfg.network_scale:g} bandwidth, {cfg.compute_time} compute time "
         f"({run.flops_per_example / 1e6:.1f} MFLOP per training example), deadline "
         f"{cfg.round_deadline:g}s, over-select {cfg.over_select:g}")
@@ -268,6 +274,7 @@ def _instruction(run: _Run, round_: int, bc: Broadcast, inject: str, mode: Round
         uplink=str(run.up_spec), downlink_mode=c.downlink_mode, base_version=bc.base_version,
         target_version=bc.target_version, catchup=bc.kind == CATCHUP,
         inject=inject, hang_s=c.round_timeout + _HANG_GRACE_S if inject == "hang" else 0.0,
+        dataset=c.dataset, device=c.device,
     )
 
 
@@ -312,7 +319,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     replies.sort(key=lambda r: pid_of.get(r.metadata.src_node_id, -1))  # arrival order must not matter
     accepted: list[Accepted] = []
     answered = set()
-    max_examples = 60_000
+    max_examples = len(load_dataset(cfg.dataset, cfg.data_dir or None).train_labels)  # no client holds more
     max_payload = run.payload_bound
     for reply in replies:
         nid = reply.metadata.src_node_id

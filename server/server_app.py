@@ -22,7 +22,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsqueeze.config import ConfigError, RunConfig, expand_preset
-from fedsqueeze.data import MnistUnavailable, load_mnist
+from fedsqueeze.data import MnistUnavailable
+from fedsqueeze.datasets import DatasetError, dataset_provenance
 from server.federation import log, run_federation
 
 __all__ = ["app", "resolve_config", "explicit_keys", "federation_size", "default_federation_warning",
@@ -126,9 +127,9 @@ def main(grid: Grid, context: Context) -> None:
     if warning:
         log(warning)
     try:
-        mnist = load_mnist(cfg.data_dir or None)
-    except MnistUnavailable as exc:
-        log(f"error: MNIST: {exc}")
+        provenance = dataset_provenance(cfg.dataset, cfg.data_dir or None)
+    except (MnistUnavailable, DatasetError) as exc:
+        log(f"error: dataset {cfg.dataset!r}: {exc}")
         raise
-    log(f"data: MNIST {mnist.source}")
+    log(f"data: {cfg.dataset}, {provenance.get('how', 'loaded')} (SHA-256 verified)")
     run_federation(grid, cfg, resolve_out_dir(cfg, grid.run.run_id))
