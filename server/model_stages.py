@@ -169,7 +169,8 @@ class _Stages:
 
     def taylor_scores(self) -> tuple[dict[str, torch.Tensor], int, int]:
         """Sum of the clients' Taylor scores of the current global model."""
-        shapes = {k: tuple(self.run.weights[k].shape) for k in mz.prunable_names(build_model(self.cfg.model, self.cfg.dataset))}
+        prunable = mz.prunable_names(build_model(self.cfg.model, self.cfg.dataset))
+        shapes = {k: tuple(self.run.weights[k].shape) for k in prunable}
         replies, up, down = self.query("scores")
         scores = []
         for r in replies:

@@ -2,7 +2,7 @@
 
 Before the federation starts it expands the ``preset`` run-config key, warns
 when the simulation runs Flower's default federation of 2 SuperNodes, and
-logs where MNIST comes from.
+logs where the run's dataset comes from.
 """
 
 from __future__ import annotations
@@ -131,5 +131,5 @@ def main(grid: Grid, context: Context) -> None:
     except (MnistUnavailable, DatasetError) as exc:
         log(f"error: dataset {cfg.dataset!r}: {exc}")
         raise
-    log(f"data: {cfg.dataset}, {provenance.get('how', 'loaded')} (SHA-256 verified)")
+    log(f"data: {cfg.dataset} {provenance.get('how', 'loaded')} (SHA-256 verified)")
     run_federation(grid, cfg, resolve_out_dir(cfg, grid.run.run_id))
