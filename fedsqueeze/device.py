@@ -62,7 +62,7 @@ def resolve_device(text: str) -> torch.device:
             f"device {text!r} requested, but this process sees no CUDA device (torch {torch.__version__}, "
             f"CUDA build {torch.version.cuda or 'none'}). Use device='cpu' or 'auto'; in a Flower simulation, "
             "clients see a GPU only when the federation gives them one (client-resources-num-gpus > 0, "
-            "see docs/extending.md \"Devices\").")
+            "see the README, \"Running on a GPU\").")
     index = int(text.split(":")[1]) if ":" in text else 0
     count = torch.cuda.device_count()
     if index >= count:
