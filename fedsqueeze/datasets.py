@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ARRAY_KEYS", "DEFAULT_DATASET", "DATASETS", "Dataset", "DatasetArrays", "DatasetError", "array_sha256",
+__all__ = ["ARRAY_KEYS", "DATASETS", "DEFAULT_DATASET", "Dataset", "DatasetArrays", "DatasetError", "array_sha256",
            "dataset_names", "dataset_provenance", "get_dataset", "load_dataset", "register_dataset", "test_tensors",
            "to_input"]
 

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["ServerOptimizer", "FedAvg", "FedAvgM", "FedAdam", "ServerOptimizerEntry", "SERVER_OPTIMIZERS",
-           "register_server_optimizer", "server_optimizer_names", "build_server_optimizer",
-           "server_optimizer_from_config", "HYPERPARAMETER_KEYS"]
+__all__ = ["HYPERPARAMETER_KEYS", "SERVER_OPTIMIZERS", "FedAdam", "FedAvg", "FedAvgM", "ServerOptimizer",
+           "ServerOptimizerEntry", "build_server_optimizer", "register_server_optimizer", "server_optimizer_from_config",
+           "server_optimizer_names"]
 
 Tensors = dict[str, torch.Tensor]
 
@@ -171,15 +171,16 @@ def register_server_optimizer(name: str, factory: Callable[..., ServerOptimizer]
     Raises
     ------
     ValueError
-        Bad name, a name already taken (without ``replace``), a non-callable
-        factory or an unknown key.
+        Bad name, a name already taken (without ``replace``) or an unknown key.
+    TypeError
+        ``factory`` is not callable.
     """
     if not isinstance(name, str) or not name or any(c.isspace() or c == "," for c in name):
         raise ValueError(f"server optimizer name must be a non-empty string without spaces or commas, got {name!r}")
     if name in SERVER_OPTIMIZERS and not replace:
         raise ValueError(f"server optimizer {name!r} is already registered (pass replace=True to override it)")
     if not callable(factory):
-        raise ValueError(f"server optimizer {name!r}: factory must be callable, got {type(factory).__name__}")
+        raise TypeError(f"server optimizer {name!r}: factory must be callable, got {type(factory).__name__}")
     unknown = [k for k in keys if k not in HYPERPARAMETER_KEYS]
     if unknown:
         raise ValueError(f"server optimizer {name!r}: unknown hyper-parameter key(s) {unknown}; "
@@ -213,8 +214,9 @@ def build_server_optimizer(name: str, lr: float, state: dict[str, Tensors] | Non
     Raises
     ------
     ValueError
-        ``name`` is not registered, a key it reads is not given, or the factory
-        returned something other than a :class:`ServerOptimizer`.
+        ``name`` is not registered, or a key it reads is not given.
+    TypeError
+        The factory returned something other than a :class:`ServerOptimizer`.
     """
     entry = SERVER_OPTIMIZERS.get(name)
     if entry is None:
@@ -227,7 +229,7 @@ def build_server_optimizer(name: str, lr: float, state: dict[str, Tensors] | Non
         kwargs[arg] = hyperparameters[arg]
     opt = entry.factory(lr=lr, state=state, **kwargs)
     if not isinstance(opt, ServerOptimizer):
-        raise ValueError(f"server optimizer {name!r}: factory returned {type(opt).__name__}, "
+        raise TypeError(f"server optimizer {name!r}: factory returned {type(opt).__name__}, "
                          "not a fedsqueeze.optimizers.ServerOptimizer")
     return opt
 

@@ -21,12 +21,20 @@ import compression
 from client.local_round import ClientState, TrainInstruction, run_local_round
 from fedsqueeze.config import ConfigError, RunConfig
 from fedsqueeze.data import to_input as mnist_to_input
-from fedsqueeze.datasets import (ARRAY_KEYS, DATASETS, Dataset, DatasetArrays, DatasetError, array_sha256,
-                                 get_dataset, load_dataset, register_dataset, to_input)
+from fedsqueeze.datasets import (
+    ARRAY_KEYS,
+    DATASETS,
+    Dataset,
+    DatasetArrays,
+    DatasetError,
+    get_dataset,
+    load_dataset,
+    register_dataset,
+    to_input,
+)
 from fedsqueeze.device import DeviceUnavailable, resolve_device
 from fedsqueeze.models import build_model, initial_state, num_parameters
-from fedsqueeze.optimizers import (SERVER_OPTIMIZERS, ServerOptimizer, build_server_optimizer,
-                                   register_server_optimizer)
+from fedsqueeze.optimizers import SERVER_OPTIMIZERS, ServerOptimizer, build_server_optimizer, register_server_optimizer
 from server.aggregate import weighted_mean
 from server.checkpoint import load_checkpoint
 from server.protocol import METRICS, MODEL, UPDATE, record_payloads
@@ -79,8 +87,8 @@ def load_digits(data_dir):
 
 
 def digits_dataset(**changes) -> Dataset:
-    fields = dict(name=DIGITS, load=load_digits, num_classes=5, input_shape=(1, 14, 14), mean=0.1307, std=0.2817,
-                  checksums=DIGITS_SHA256, description="MNIST digits 0-4 at 14x14 (test dataset)")
+    fields = {"name": DIGITS, "load": load_digits, "num_classes": 5, "input_shape": (1, 14, 14), "mean": 0.1307,
+              "std": 0.2817, "checksums": DIGITS_SHA256, "description": "MNIST digits 0-4 at 14x14 (test dataset)"}
     return Dataset(**{**fields, **changes})
 
 
@@ -181,14 +189,14 @@ def test_built_in_optimizers_are_registered_through_the_same_api():
     assert (opt.lr, opt.beta1, opt.beta2, opt.tau) == (cfg.server_lr, 0.5, cfg.server_beta2, cfg.server_tau)
 
 
-@pytest.mark.parametrize("args, match", [
-    (("fedavg", SignedMomentum), "already registered"),
-    (("my opt", SignedMomentum), "without spaces"),
-    (("x", "not callable"), "must be callable"),
-    (("x", SignedMomentum, ("server-gamma",)), r"unknown hyper-parameter key\(s\) \['server-gamma'\]"),
+@pytest.mark.parametrize("args, error, match", [
+    (("fedavg", SignedMomentum), ValueError, "already registered"),
+    (("my opt", SignedMomentum), ValueError, "without spaces"),
+    (("x", "not callable"), TypeError, "must be callable"),
+    (("x", SignedMomentum, ("server-gamma",)), ValueError, r"unknown hyper-parameter key\(s\) \['server-gamma'\]"),
 ])
-def test_bad_optimizer_registrations_are_refused(args, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_optimizer_registrations_are_refused(args, error, match):
+    with pytest.raises(error, match=match):
         register_server_optimizer(*args)
     assert "x" not in SERVER_OPTIMIZERS and "my opt" not in SERVER_OPTIMIZERS
 
@@ -196,7 +204,7 @@ def test_bad_optimizer_registrations_are_refused(args, match):
 def test_a_factory_must_return_a_server_optimizer():
     register_server_optimizer("returns-dict", lambda lr, state: {"lr": lr})
     try:
-        with pytest.raises(ValueError, match="returned dict, not a fedsqueeze.optimizers.ServerOptimizer"):
+        with pytest.raises(TypeError, match="returned dict, not a fedsqueeze.optimizers.ServerOptimizer"):
             build_server_optimizer("returns-dict", 1.0)
     finally:
         del SERVER_OPTIMIZERS["returns-dict"]
@@ -314,9 +322,10 @@ def test_cuda_without_cuda_is_a_clear_error(device, tmp_path, mnist):
 
 
 def test_new_instruction_keys_are_sent_only_when_not_default():
-    common = dict(round=1, seed=0, model="seed-cnn", partition="iid", dirichlet_alpha=0.5, shards_per_client=2,
-                  local_epochs=1, batch_size=10, lr=0.05, momentum=0.0, weight_decay=0.0, client_threads=1,
-                  data_dir="", uplink="fp32", downlink_mode="full", base_version=0, target_version=1)
+    common = {"round": 1, "seed": 0, "model": "seed-cnn", "partition": "iid", "dirichlet_alpha": 0.5,
+              "shards_per_client": 2, "local_epochs": 1, "batch_size": 10, "lr": 0.05, "momentum": 0.0,
+              "weight_decay": 0.0, "client_threads": 1, "data_dir": "", "uplink": "fp32", "downlink_mode": "full",
+              "base_version": 0, "target_version": 1}
     plain = TrainInstruction(**common).to_record()
     assert "dataset" not in plain and "device" not in plain  # messages of existing runs keep their bytes
     custom = TrainInstruction(**common, dataset=DIGITS, device="auto")
