@@ -28,11 +28,14 @@ whole models, not compressed deltas, hence this module.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .config import RunConfig
 
 __all__ = ["HYPERPARAMETER_KEYS", "SERVER_OPTIMIZERS", "FedAdam", "FedAvg", "FedAvgM", "ServerOptimizer",
            "ServerOptimizerEntry", "build_server_optimizer", "register_server_optimizer", "server_optimizer_from_config",
@@ -40,12 +43,13 @@ __all__ = ["HYPERPARAMETER_KEYS", "SERVER_OPTIMIZERS", "FedAdam", "FedAvg", "Fed
 
 Tensors = dict[str, torch.Tensor]
 
-#: The run-config keys a server optimizer may read, and the keyword argument each becomes.
+#: The run-config keys a server optimizer may read, and the keyword argument each becomes: every
+#: ``server-*`` key of :class:`~fedsqueeze.config.RunConfig` but the name and the learning rate, so a
+#: hyper-parameter is declared once, as a config field (``server-momentum`` -> ``momentum``).
 HYPERPARAMETER_KEYS: dict[str, str] = {
-    "server-momentum": "momentum",
-    "server-beta1": "beta1",
-    "server-beta2": "beta2",
-    "server-tau": "tau",
+    f.name.replace("_", "-"): f.name.removeprefix("server_")
+    for f in dataclasses.fields(RunConfig)
+    if f.name.startswith("server_") and f.name not in ("server_optimizer", "server_lr")
 }
 
 
@@ -234,7 +238,7 @@ def build_server_optimizer(name: str, lr: float, state: dict[str, Tensors] | Non
     return opt
 
 
-def server_optimizer_from_config(cfg: Any, state: dict[str, Tensors] | None = None) -> ServerOptimizer:
+def server_optimizer_from_config(cfg: RunConfig, state: dict[str, Tensors] | None = None) -> ServerOptimizer:
     """The optimizer a :class:`~fedsqueeze.config.RunConfig` names, with its hyper-parameter keys' values."""
     values = {arg: getattr(cfg, key.replace("-", "_")) for key, arg in HYPERPARAMETER_KEYS.items()}
     return build_server_optimizer(cfg.server_optimizer, cfg.server_lr, state, **values)
