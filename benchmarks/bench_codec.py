@@ -31,31 +31,12 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import compression  # noqa: E402
+from fedsqueeze.models import build_model  # noqa: E402
 
-SHAPES = {
-    "conv1.weight": (32, 1, 5, 5), "conv1.bias": (32,),
-    "conv2.weight": (64, 32, 5, 5), "conv2.bias": (64,),
-    "fc1.weight": (512, 3136), "fc1.bias": (512,),
-    "fc2.weight": (10, 512), "fc2.bias": (10,),
-}
+MODEL = "mcmahan-cnn"  # the model of fedsqueeze.models, not a copy
+SHAPES = {k: tuple(v.shape) for k, v in build_model(MODEL).state_dict().items()}
 # Per-layer scales of the update (larger for small layers, as in real updates).
 SCALES = {"conv1": 3e-3, "conv2": 1e-3, "fc1": 2e-4, "fc2": 2e-3}
-
-
-class McMahanCNN(nn.Module):
-    """CNN of McMahan et al. (2017) for MNIST: 1,663,370 parameters."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)
-        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
-        self.fc1 = nn.Linear(3136, 512)
-        self.fc2 = nn.Linear(512, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 
 def make_update(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -72,9 +53,8 @@ def make_update(seed: int = 0) -> dict[str, torch.Tensor]:
 def time_epoch(repeats: int) -> float:
     """Median seconds of one local epoch: 600 samples, batch 10, SGD."""
     torch.manual_seed(0)
-    model = McMahanCNN()
+    model = build_model(MODEL)
     assert sum(p.numel() for p in model.parameters()) == 1_663_370
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == SHAPES
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(600, 1, 28, 28)
     y = torch.randint(0, 10, (600,))

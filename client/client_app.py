@@ -11,9 +11,11 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.local_round import ClientState, TrainInstruction, run_local_round
-from client.stage_query import StageQuery, answer_calibrate, answer_scores
-from server.protocol import CONFIG, MASK, METRICS, MODEL, UPDATE, payloads_record, record_payloads
+from client.local_round import ClientState, run_local_round
+from client.stage_query import answer_calibrate, answer_scores
+from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, StageQuery, TrainInstruction
+from fedsqueeze.protocol.messages import (CONFIG, MASK, METRICS, MODEL, PAYLOAD, UPDATE, payloads_record,
+                                         record_payloads)
 
 app = ClientApp()
 
@@ -50,7 +52,7 @@ def train(msg: Message, context: Context) -> Message:
     pid, n = _partition(context)
     out = run_local_round(ins, payloads, _load_state(context), pid, n, mask_payload=mask)
     _save_state(context, out.state)
-    content = RecordDict({UPDATE: payloads_record([out.payload], ["payload"]), METRICS: MetricRecord(out.metrics)})
+    content = RecordDict({UPDATE: payloads_record([out.payload], [PAYLOAD]), METRICS: MetricRecord(out.metrics)})
     return Message(content=content, reply_to=msg)
 
 
@@ -60,12 +62,12 @@ def query(msg: Message, context: Context) -> Message:
     pid, n = _partition(context)
     config = msg.content[CONFIG] if CONFIG in msg.content else {}
     if "op" not in config:
-        return Message(content=RecordDict({METRICS: MetricRecord({"partition-id": pid, "num-partitions": n})}),
+        return Message(content=RecordDict({METRICS: MetricRecord({PARTITION_ID: pid, NUM_PARTITIONS: n})}),
                        reply_to=msg)
     q = StageQuery.from_record(config)
     (model_payload,) = record_payloads(msg.content[MODEL])
     if q.op == "calibrate":
         content = RecordDict({METRICS: MetricRecord(answer_calibrate(q, model_payload, pid, n))})
     else:
-        content = RecordDict({UPDATE: payloads_record([answer_scores(q, model_payload, pid, n)], ["payload"])})
+        content = RecordDict({UPDATE: payloads_record([answer_scores(q, model_payload, pid, n)], [PAYLOAD])})
     return Message(content=content, reply_to=msg)

@@ -8,27 +8,25 @@ and back. Everything a client does is decided by the server's announcement
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import compression
-from client.records import OMIT_DEFAULT, from_record, to_record
-from fedsqueeze.datasets import DEFAULT_DATASET, get_dataset, load_dataset, to_input
+from fedsqueeze.datasets import get_dataset, load_dataset, to_input
 from fedsqueeze.device import resolve_device
 from fedsqueeze.modelzip import prepare_qat
-from fedsqueeze.modelzip.masks import unpack_masks
+from fedsqueeze.modelzip.masks import mask_state, unpack_masks
 from fedsqueeze.models import build_model, initial_state
 from fedsqueeze.partition import partition
+from fedsqueeze.protocol.instructions import (ENCODE_S, FULL_MODEL, NUM_EXAMPLES, REL_DISTORTION, TRAIN_LOSS, TRAIN_S,
+                                              TrainInstruction)
 from fedsqueeze.train import state_delta, train
 
-FULL_MODEL = -1  # base_version: the payload is a whole model (server.downlink)
-
-__all__ = ["TrainInstruction", "ClientState", "RoundOutput", "run_local_round", "client_seed", "InjectedCrash",
-           "mask_state", "client_data", "received_model"]
+__all__ = ["ClientState", "RoundOutput", "run_local_round", "client_seed", "InjectedCrash", "client_data",
+           "received_model"]
 
 
 class InjectedCrash(RuntimeError):
@@ -37,45 +35,6 @@ class InjectedCrash(RuntimeError):
 
 class StaleBroadcast(RuntimeError):
     """The client's broadcast model is not the version the delta chain starts from."""
-
-
-@dataclass(frozen=True)
-class TrainInstruction:
-    """What the server announced for this round (the ``config`` record)."""
-
-    round: int
-    seed: int
-    model: str
-    partition: str
-    dirichlet_alpha: float
-    shards_per_client: int
-    local_epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    client_threads: int
-    data_dir: str
-    uplink: str
-    downlink_mode: str
-    base_version: int
-    target_version: int
-    inject: str = ""
-    hang_s: float = 0.0
-    bf16_autocast: bool = False
-    qat: bool = False  # train the fake-quantized (int8 QAT) graph of the received model
-    catchup: bool = False  # delta downlink: one accumulated update from base to target, not a chain
-    dataset: str = field(default=DEFAULT_DATASET, metadata=OMIT_DEFAULT)
-    device: str = field(default="cpu", metadata=OMIT_DEFAULT)
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> TrainInstruction:
-        """Build from a ConfigRecord mapping with kebab-case keys."""
-        return from_record(cls, record, "train config")
-
-    def to_record(self) -> dict[str, Any]:
-        """Kebab-case mapping for a ConfigRecord."""
-        return to_record(self)
 
 
 @dataclass
@@ -231,18 +190,13 @@ def run_local_round(
     if ins.inject == "hang":
         time.sleep(ins.hang_s)
     metrics = {
-        "num-examples": result.num_examples,
-        "train-loss": result.loss,
-        "rel-distortion": report.rel_distortion,
-        "train-s": result.seconds,
-        "encode-s": encode_s,
+        NUM_EXAMPLES: result.num_examples,
+        TRAIN_LOSS: result.loss,
+        REL_DISTORTION: report.rel_distortion,
+        TRAIN_S: result.seconds,
+        ENCODE_S: encode_s,
     }
     return RoundOutput(payload, metrics, ClientState(residual, state.broadcast, state.version))
-
-
-def mask_state(tensors: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Copy of ``tensors`` with the entries at pruned positions (mask 0) set to exactly 0."""
-    return {k: v * masks[k] if k in masks else v for k, v in tensors.items()}
 
 
 def corrupt(payload: bytes, seed: int) -> bytes:

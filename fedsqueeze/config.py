@@ -196,6 +196,9 @@ class RunConfig:
         need(self.downlink_mode in ("full", "delta"), "downlink-mode", "must be 'full' or 'delta'")
         need(self.server_optimizer in SERVER_OPTIMIZERS, "server-optimizer",
              f"must be a registered server optimizer: {server_optimizer_names()}")
+        unknown = [k for k in SERVER_OPTIMIZERS[self.server_optimizer].keys if k not in self.keys()]
+        need(not unknown, "server-optimizer", f"the registered optimizer reads run-config key(s) {unknown}, "
+             "which do not exist (hyper-parameters are RunConfig fields)")
         need(self.server_lr > 0, "server-lr", "must be > 0")
         need(0 <= self.server_momentum < 1, "server-momentum", "must be in [0, 1)")
         need(0 <= self.server_beta1 < 1, "server-beta1", "must be in [0, 1)")

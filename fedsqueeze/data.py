@@ -375,7 +375,7 @@ def load_mnist(
         loaded = _load_configured(Path(data_dir), setting, cache)
     else:
         loaded = _load_unconfigured(cache, allow_download, timeout_s)
-    logger.info("MNIST: %s", loaded.source)
+    logger.debug("MNIST: %s", loaded.source)  # the ServerApp reports it once, as its `data:` line
     _LOADED[key] = loaded
     return loaded
 

@@ -28,10 +28,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import TARGETS
+from .config import TARGETS, RunConfig
 
 __all__ = ["COLUMNS", "CLIENT_COLUMNS", "RoundRow", "ClientRow", "Ledger", "accuracy", "evaluated", "targets_reached", "package_versions",
-           "git_revision"]
+           "git_revision", "run_summary", "write_summary"]
 
 COLUMNS = (
     "round",
@@ -352,6 +352,94 @@ def git_revision() -> str | None:
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def run_summary(
+    status: str,
+    cfg: RunConfig,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    data: Mapping[str, Any],
+    pipeline_up: str,
+    pipeline_down: str,
+    num_params: int,
+    handshake_bytes: tuple[int, int],
+    network: Mapping[str, float] | None,
+    resumed_at: int | None,
+    resume_handshake_bytes: int,
+    model_stages: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """The content of ``summary.json``: the run's config, provenance and totals from its ledger rows.
+
+    Parameters
+    ----------
+    status : str
+        ``running`` while the run goes on, ``completed`` at its end.
+    cfg : RunConfig
+        The run's validated config.
+    rows : sequence of mapping
+        The ledger rows written so far (:attr:`Ledger.rows`); the last one
+        holds the cumulative byte counts.
+    data : mapping
+        Provenance of the data set (``fedsqueeze.data.data_provenance``).
+    pipeline_up, pipeline_down : str
+        The resolved uplink and downlink compression pipelines.
+    num_params : int
+        Parameters of the model.
+    handshake_bytes : (int, int)
+        (uplink, downlink) bytes of this process's round-0 handshake.
+    network : mapping or None
+        ``reference_flops`` and ``train_flops_per_example`` of the network
+        simulation, None when it is off.
+    resumed_at : int or None
+        The checkpoint round a resumed run continued after.
+    resume_handshake_bytes : int
+        Handshake traffic of a resumed run (not part of the ledger).
+    model_stages : list of dict or None
+        The model-compression stage rows (``server.model_stages``).
+    """
+    accs = [accuracy(r) for r in evaluated(rows)]
+    last = rows[-1] if rows else {}
+    up, down = int(last.get("cum_uplink_bytes", 0)), int(last.get("cum_downlink_bytes", 0))
+    up_dense, down_dense = int(last.get("cum_uplink_dense_bytes", 0)), int(last.get("cum_downlink_dense_bytes", 0))
+    up_pl, down_pl = int(last.get("cum_uplink_payload_bytes") or 0), int(last.get("cum_downlink_payload_bytes") or 0)
+    return {
+        "status": status,
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "config": cfg.to_mapping(),
+        "data": dict(data),
+        "pipeline_up": pipeline_up,
+        "pipeline_down": pipeline_down,
+        "num_params": num_params,
+        "rounds_completed": int(last.get("round", 0)),
+        "final_accuracy": accs[-1] if accs else None,
+        "best_accuracy": max(accs) if accs else None,
+        # training rounds only (the handshake is below); wire = Flower messages, payload = FedSqueeze's
+        "cum_uplink_bytes": up,
+        "cum_downlink_bytes": down,
+        "cum_uplink_payload_bytes": up_pl,
+        "cum_downlink_payload_bytes": down_pl,
+        "cum_uplink_dense_bytes": up_dense,
+        "cum_downlink_dense_bytes": down_dense,
+        "uplink_vs_float32": round(up_dense / up, 3) if up else None,
+        "downlink_vs_float32": round(down_dense / down, 3) if down else None,
+        "total_vs_float32": round((up_dense + down_dense) / (up + down), 3) if up + down else None,
+        "handshake": {"uplink_bytes": handshake_bytes[0], "downlink_bytes": handshake_bytes[1]},
+        "cum_sim_s": float(last["cum_sim_s"]) if last.get("cum_sim_s") not in ("", None) else None,
+        "network": None if network is None else {
+            "profiles": cfg.network, "bandwidth_scale": cfg.network_scale,
+            "compute_time": cfg.compute_time, "round_deadline_s": cfg.round_deadline,
+            "over_select": cfg.over_select, "reference_flops": network["reference_flops"],
+            "train_flops_per_example": network["train_flops_per_example"]},
+        "wall_s": float(last.get("wall_s", 0.0)),
+        "targets": targets_reached(rows),
+        "resumed_at_round": resumed_at,
+        "resume_handshake_bytes": resume_handshake_bytes,
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "model_stages": model_stages,
+    }
 
 
 def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> Path:

@@ -16,8 +16,8 @@ accepted). The built-ins are registered through the same call:
 Hyper-parameters are run-config keys (``server-lr``, ``server-momentum``,
 ``server-beta1``, ``server-beta2``, ``server-tau``): their defaults and
 ranges live in :class:`~fedsqueeze.config.RunConfig` only; a registration
-names the keys its optimizer reads, and :func:`build_server_optimizer` passes
-their values as keyword arguments (``server-beta1`` -> ``beta1``).
+names the keys its optimizer reads, and :func:`server_optimizer_from_config`
+passes their values as keyword arguments (``server-beta1`` -> ``beta1``).
 
 The update rules are pure functions of explicit state (:attr:`ServerOptimizer.state`),
 so a checkpoint saves and restores an optimizer exactly. Flower's own
@@ -28,29 +28,30 @@ whole models, not compressed deltas, hence this module.
 from __future__ import annotations
 
 import abc
-import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .config import RunConfig
-
-__all__ = ["HYPERPARAMETER_KEYS", "SERVER_OPTIMIZERS", "FedAdam", "FedAvg", "FedAvgM", "ServerOptimizer",
+__all__ = ["RESERVED_KEYS", "SERVER_OPTIMIZERS", "FedAdam", "FedAvg", "FedAvgM", "ServerOptimizer",
            "ServerOptimizerEntry", "build_server_optimizer", "register_server_optimizer", "server_optimizer_from_config",
-           "server_optimizer_names"]
+           "server_optimizer_names", "hyperparameter_argument"]
 
 Tensors = dict[str, torch.Tensor]
 
-#: The run-config keys a server optimizer may read, and the keyword argument each becomes: every
-#: ``server-*`` key of :class:`~fedsqueeze.config.RunConfig` but the name and the learning rate, so a
-#: hyper-parameter is declared once, as a config field (``server-momentum`` -> ``momentum``).
-HYPERPARAMETER_KEYS: dict[str, str] = {
-    f.name.replace("_", "-"): f.name.removeprefix("server_")
-    for f in dataclasses.fields(RunConfig)
-    if f.name.startswith("server_") and f.name not in ("server_optimizer", "server_lr")
-}
+#: ``server-*`` run-config keys that are not hyper-parameters: the optimizer's name and the learning
+#: rate every optimizer gets. Any other ``server-*`` key of :class:`~fedsqueeze.config.RunConfig` is
+#: one (today ``server-momentum``, ``server-beta1``, ``server-beta2``, ``server-tau``); the config
+#: declares them, this module does not (it must not import the config, which imports it).
+RESERVED_KEYS = ("server-optimizer", "server-lr")
+_KEY = re.compile(r"server-[a-z0-9]+(-[a-z0-9]+)*")
+
+
+def hyperparameter_argument(key: str) -> str:
+    """The keyword argument a hyper-parameter key is passed as: ``server-beta1`` -> ``beta1``."""
+    return key.removeprefix("server-").replace("-", "_")
 
 
 class ServerOptimizer(abc.ABC):
@@ -160,9 +161,11 @@ def register_server_optimizer(name: str, factory: Callable[..., ServerOptimizer]
         A :class:`ServerOptimizer` subclass or a function returning an instance; called as
         ``factory(lr=..., state=..., **{kwarg: value for each key})``.
     keys : tuple of str
-        The hyper-parameter run-config keys the optimizer reads, from
-        :data:`HYPERPARAMETER_KEYS` (``"server-momentum"`` is passed as ``momentum=``).
-        ``server-lr`` is always passed as ``lr``.
+        The hyper-parameter run-config keys the optimizer reads: ``server-*`` keys
+        other than :data:`RESERVED_KEYS`, each passed as :func:`hyperparameter_argument`
+        (``"server-momentum"`` as ``momentum=``). ``server-lr`` is always passed as ``lr``.
+        That they exist in :class:`~fedsqueeze.config.RunConfig` is checked when a config
+        naming the optimizer is validated.
     replace : bool
         Allow re-registering an existing name (otherwise an error, so two plugins
         cannot silently shadow each other or a built-in).
@@ -185,10 +188,10 @@ def register_server_optimizer(name: str, factory: Callable[..., ServerOptimizer]
         raise ValueError(f"server optimizer {name!r} is already registered (pass replace=True to override it)")
     if not callable(factory):
         raise TypeError(f"server optimizer {name!r}: factory must be callable, got {type(factory).__name__}")
-    unknown = [k for k in keys if k not in HYPERPARAMETER_KEYS]
-    if unknown:
-        raise ValueError(f"server optimizer {name!r}: unknown hyper-parameter key(s) {unknown}; "
-                         f"choose from {sorted(HYPERPARAMETER_KEYS)}")
+    bad = [k for k in keys if not isinstance(k, str) or not _KEY.fullmatch(k) or k in RESERVED_KEYS]
+    if bad:
+        raise ValueError(f"server optimizer {name!r}: hyper-parameter key(s) {bad} are not server-* run-config "
+                         f"keys other than {', '.join(RESERVED_KEYS)} (e.g. 'server-momentum')")
     entry = ServerOptimizerEntry(name, factory, tuple(keys))
     SERVER_OPTIMIZERS[name] = entry
     return entry
@@ -227,7 +230,7 @@ def build_server_optimizer(name: str, lr: float, state: dict[str, Tensors] | Non
         raise ValueError(f"unknown server optimizer {name!r}; registered: {', '.join(server_optimizer_names())}")
     kwargs = {}
     for key in entry.keys:
-        arg = HYPERPARAMETER_KEYS[key]
+        arg = hyperparameter_argument(key)
         if arg not in hyperparameters:
             raise ValueError(f"server optimizer {name!r} needs {arg}= (run-config key {key!r})")
         kwargs[arg] = hyperparameters[arg]
@@ -238,9 +241,21 @@ def build_server_optimizer(name: str, lr: float, state: dict[str, Tensors] | Non
     return opt
 
 
-def server_optimizer_from_config(cfg: RunConfig, state: dict[str, Tensors] | None = None) -> ServerOptimizer:
-    """The optimizer a :class:`~fedsqueeze.config.RunConfig` names, with its hyper-parameter keys' values."""
-    values = {arg: getattr(cfg, key.replace("-", "_")) for key, arg in HYPERPARAMETER_KEYS.items()}
+def server_optimizer_from_config(cfg: Any, state: dict[str, Tensors] | None = None) -> ServerOptimizer:
+    """The optimizer a :class:`~fedsqueeze.config.RunConfig` names, given its hyper-parameter keys' values.
+
+    Raises
+    ------
+    ValueError
+        The optimizer is not registered, or reads a key the config does not have.
+    """
+    entry = SERVER_OPTIMIZERS.get(cfg.server_optimizer)
+    keys = entry.keys if entry is not None else ()
+    missing = [k for k in keys if not hasattr(cfg, k.replace("-", "_"))]
+    if missing:
+        raise ValueError(f"server optimizer {cfg.server_optimizer!r} reads run-config key(s) {missing}, "
+                         "which the config does not have")
+    values = {hyperparameter_argument(k): getattr(cfg, k.replace("-", "_")) for k in keys}
     return build_server_optimizer(cfg.server_optimizer, cfg.server_lr, state, **values)
 
 

@@ -38,12 +38,11 @@ from dataclasses import dataclass, field
 import torch
 
 import compression
+from fedsqueeze.protocol.instructions import FULL_MODEL
 
 __all__ = ["Broadcast", "Broadcaster", "CHAIN", "CATCHUP", "FULL"]
 
 CHAIN, CATCHUP, FULL = "chain", "catchup", "full"  # how a client is brought to the broadcast model
-
-FULL_MODEL = -1  # base_version meaning "payload is the whole model"
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,18 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 import compression
-from client.local_round import TrainInstruction, mask_state
 from fedsqueeze import netsim
 from fedsqueeze.config import RunConfig, resolve_pipeline
 from fedsqueeze.datasets import dataset_provenance, get_dataset, load_dataset, test_tensors
 from fedsqueeze.device import resolve_device
+from fedsqueeze.log import event, get_logger
+from fedsqueeze.modelzip.masks import mask_state
 from fedsqueeze.partition import describe, label_counts, partition
-from fedsqueeze.ledger import (ClientRow, Ledger, RoundRow, accuracy, evaluated, git_revision, package_versions,
-                               targets_reached, write_summary)
+from fedsqueeze.ledger import ClientRow, Ledger, RoundRow, accuracy, run_summary, write_summary
 from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.optimizers import ServerOptimizer, server_optimizer_from_config
+from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, TrainInstruction
+from fedsqueeze.protocol.messages import CONFIG, MASK, METRICS, MODEL, payloads_record
 from fedsqueeze.train import evaluate
 from server.accounting import each_message_bytes, message_bytes, messages_bytes
 from server.exchange import exchange
@@ -38,31 +40,14 @@ from server.aggregate import weighted_mean
 from server.model_stages import run_model_stages
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.downlink import CATCHUP, Broadcast, Broadcaster
-from server.protocol import CONFIG, MASK, METRICS, MODEL, payloads_record
 from server.replies import Accepted, Rejected, payload_bound, reply_payload_bytes, screen_reply
+from server.rounds import RoundMode, RoundRunner, sample_partitions, sample_size
 
-__all__ = ["run_federation", "sample_partitions", "plan_injections"]
+__all__ = ["run_federation", "plan_injections"]
 
 _HANG_GRACE_S = 5.0  # a hanging client sleeps this long past the round timeout
 
-
-def log(text: str) -> None:
-    print(f"[fedsqueeze] {text}", flush=True)
-
-
-def sample_size(num_nodes: int, cfg: RunConfig) -> int:
-    """K, the number of clients a round trains: ``fraction-train`` of the nodes, at least ``min-train-nodes``."""
-    return min(num_nodes, max(cfg.min_train_nodes, int(round(cfg.fraction_train * num_nodes))))
-
-
-def sample_partitions(partitions: list[int], cfg: RunConfig, round_: int, k: int | None = None) -> list[int]:
-    """The partition ids trained in ``round_``: a function of (seed, round, candidates) only.
-
-    ``k`` defaults to :func:`sample_size` of the candidates; it is capped at their number.
-    """
-    k = sample_size(len(partitions), cfg) if k is None else min(k, len(partitions))
-    rng = np.random.default_rng([cfg.seed, round_, 0xC11E])
-    return sorted(rng.choice(sorted(partitions), size=k, replace=False).tolist())
+log = get_logger(__name__).info
 
 
 def plan_injections(sampled: list[int], cfg: RunConfig, round_: int) -> dict[int, str]:
@@ -122,29 +107,12 @@ def handshake(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], int, int, int
         if r.has_error():
             log(f"handshake: node {r.metadata.src_node_id} failed: {r.error.reason[:120]}")
             continue
-        pid = int(r.content[METRICS]["partition-id"])
+        pid = int(r.content[METRICS][PARTITION_ID])
         if pid in mapping:
             raise RuntimeError(f"two nodes claim partition {pid}")
         mapping[pid] = r.metadata.src_node_id
-        num_partitions = max(num_partitions, int(r.content[METRICS]["num-partitions"]))
+        num_partitions = max(num_partitions, int(r.content[METRICS][NUM_PARTITIONS]))
     return mapping, num_partitions, down, up
-
-
-@dataclass(frozen=True)
-class RoundMode:
-    """How a round differs from a plain training round (the model-compression stages).
-
-    ``masks`` (with their packed ``mask_payload``) pin pruned weights at zero
-    on every client, in every decoded update and in the aggregate; ``qat``
-    makes clients train the fake-quantized int8 graph; ``lr`` overrides the
-    clients' learning rate.
-    """
-
-    phase: str = "train"
-    masks: dict[str, torch.Tensor] | None = None
-    mask_payload: bytes = b""
-    qat: bool = False
-    lr: float | None = None
 
 
 @dataclass
@@ -177,49 +145,14 @@ class _Run:
         return evaluate(self.model, x, y, self.cfg.eval_batch_size, device=self.device)
 
     def summary(self, status: str) -> dict[str, Any]:
-        rows = self.ledger.rows if self.ledger else []
-        accs = [accuracy(r) for r in evaluated(rows)]
-        last = rows[-1] if rows else {}
-        up, down = int(last.get("cum_uplink_bytes", 0)), int(last.get("cum_downlink_bytes", 0))
-        up_dense, down_dense = int(last.get("cum_uplink_dense_bytes", 0)), int(last.get("cum_downlink_dense_bytes", 0))
-        up_pl, down_pl = int(last.get("cum_uplink_payload_bytes") or 0), int(last.get("cum_downlink_payload_bytes") or 0)
-        return {
-            "status": status,
-            "name": self.cfg.name,
-            "seed": self.cfg.seed,
-            "config": self.cfg.to_mapping(),
-            "data": dataset_provenance(self.cfg.dataset, self.cfg.data_dir or None),
-            "pipeline_up": str(self.up_spec),
-            "pipeline_down": str(self.broadcaster.spec),
-            "num_params": self.num_params,
-            "rounds_completed": int(last.get("round", 0)),
-            "final_accuracy": accs[-1] if accs else None,
-            "best_accuracy": max(accs) if accs else None,
-            # training rounds only (the handshake is below); wire = Flower messages, payload = FedSqueeze's
-            "cum_uplink_bytes": up,
-            "cum_downlink_bytes": down,
-            "cum_uplink_payload_bytes": up_pl,
-            "cum_downlink_payload_bytes": down_pl,
-            "cum_uplink_dense_bytes": up_dense,
-            "cum_downlink_dense_bytes": down_dense,
-            "uplink_vs_float32": round(up_dense / up, 3) if up else None,
-            "downlink_vs_float32": round(down_dense / down, 3) if down else None,
-            "total_vs_float32": round((up_dense + down_dense) / (up + down), 3) if up + down else None,
-            "handshake": {"uplink_bytes": self.handshake_bytes[0], "downlink_bytes": self.handshake_bytes[1]},
-            "cum_sim_s": float(last["cum_sim_s"]) if last.get("cum_sim_s") not in ("", None) else None,
-            "network": None if self.profiles is None else {
-                "profiles": self.cfg.network, "bandwidth_scale": self.cfg.network_scale,
-                "compute_time": self.cfg.compute_time, "round_deadline_s": self.cfg.round_deadline,
-                "over_select": self.cfg.over_select, "reference_flops": self.reference_flops,
-                "train_flops_per_example": self.flops_per_example},
-            "wall_s": float(last.get("wall_s", 0.0)),
-            "targets": targets_reached(rows),
-            "resumed_at_round": self.resumed_at,
-            "resume_handshake_bytes": self.resume_handshake_bytes,
-            "versions": package_versions(),
-            "git_revision": git_revision(),
-            "model_stages": self.stage_rows,
-        }
+        network = None if self.profiles is None else {
+            "reference_flops": self.reference_flops, "train_flops_per_example": self.flops_per_example}
+        return run_summary(
+            status, self.cfg, self.ledger.rows if self.ledger else [],
+            data=dataset_provenance(self.cfg.dataset, self.cfg.data_dir or None),
+            pipeline_up=str(self.up_spec), pipeline_down=str(self.broadcaster.spec), num_params=self.num_params,
+            handshake_bytes=self.handshake_bytes, network=network, resumed_at=self.resumed_at,
+            resume_handshake_bytes=self.resume_handshake_bytes, model_stages=self.stage_rows)
 
 
 def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
@@ -445,7 +378,17 @@ def _record(run: _Run, row: RoundRow) -> None:
     log(f"round {row.round}{phase}: {acc} ok={row.clients_ok}/"
         f"{row.clients_sampled} up={row.uplink_bytes:,}B (x{written['uplink_ratio']}) "
         f"down={row.downlink_bytes:,}B (x{written['downlink_ratio']}) {row.round_s:.1f}s "
-        f"(clients {row.train_phase_s:.1f}s, eval {row.eval_s:.1f}s){sim}")
+        f"(clients {row.train_phase_s:.1f}s, eval {row.eval_s:.1f}s){sim}",
+        extra=event("round", round=row.round, phase=row.phase))
+
+
+def _round_runner(run: _Run, grid: Grid, nodes: dict[int, int]) -> RoundRunner:
+    """The :class:`~server.rounds.RoundRunner` of this run: rounds trained, evaluated and recorded like any other."""
+    def run_round(round_: int, mode: RoundMode) -> RoundRow:
+        row = _train_round(run, grid, round_, nodes, mode)
+        _record(run, row)
+        return row
+    return run_round
 
 
 def _checkpoint(run: _Run, round_: int) -> None:
@@ -496,7 +439,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         run.ledger.append(RoundRow(0, acc, loss, uplink_bytes=up, downlink_bytes=down, clients_sampled=len(nodes),
                                    clients_ok=len(nodes), applied=False, handshake=True),
                           time.perf_counter() - run.started)
-        log(f"round 0: acc={acc:.4f} loss={loss:.4f}")
+        log(f"round 0: acc={acc:.4f} loss={loss:.4f}", extra=event("round", round=0, phase="train"))
         _checkpoint(run, 0)
         first = 1
     else:
@@ -513,7 +456,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.model_stages:
         # Not checkpointed: a resumed run drops these rows (the ledger is cut back to the
         # last checkpoint, the final training round) and redoes the stages from there.
-        run.stage_rows = run_model_stages(run, grid, nodes, _train_round, lambda row: _record(run, row))
+        run.stage_rows = run_model_stages(run, grid, nodes, _round_runner(run, grid, nodes))
     summary = run.summary("completed")
     write_summary(out_dir, summary)
     log(f"done: final acc={summary['final_accuracy']:.4f} best={summary['best_accuracy']:.4f}; training rounds: "

@@ -38,14 +38,17 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 import compression
-from client.stage_query import StageQuery, metrics_to_ranges
 from fedsqueeze import modelzip as mz
 from fedsqueeze.datasets import get_dataset, test_tensors
+from fedsqueeze.device import resolve_device
+from fedsqueeze.log import get_logger
 from fedsqueeze.models import build_model
 from fedsqueeze.modelzip.masks import pack_masks
+from fedsqueeze.protocol.instructions import StageQuery, metrics_to_ranges
+from fedsqueeze.protocol.messages import CONFIG, METRICS, MODEL, UPDATE, payloads_record, record_payloads
 from server.accounting import messages_bytes
 from server.exchange import exchange
-from server.protocol import CONFIG, METRICS, MODEL, UPDATE, payloads_record, record_payloads
+from server.rounds import FederationRun, RoundMode, RoundRunner, sample_partitions
 
 __all__ = ["run_model_stages", "STAGE_COLUMNS"]
 
@@ -60,19 +63,18 @@ _PRUNERS: dict[str, Callable[..., dict[str, torch.Tensor]]] = {
     "structured-l2": mz.prune_structured_ln,
 }
 
-
-def _log(text: str) -> None:
-    print(f"[fedsqueeze] {text}", flush=True)
+_log = get_logger(__name__).info
 
 
 class _Stages:
     """The stage loop's state: the run, its test set, the rows written so far."""
 
-    def __init__(self, run: Any, grid: Grid, nodes: dict[int, int], train_round: Callable, append_row: Callable):
+    def __init__(self, run: FederationRun, grid: Grid, nodes: dict[int, int], run_round: RoundRunner):
         self.run, self.grid, self.nodes = run, grid, nodes
-        self.train_round, self.append_row = train_round, append_row
+        self.run_round = run_round
         self.cfg = run.cfg
         self.x, self.y = test_tensors(self.cfg.dataset, self.cfg.data_dir or None)
+        self.device = resolve_device(self.cfg.device)  # float evaluation; int8 stages and latencies stay on the CPU
         self.dir = run.out_dir / "artifacts"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
@@ -91,7 +93,7 @@ class _Stages:
         """Save, reload and measure ``model``; append its row to the stage table (written durably)."""
         slug = stage.lower().replace(" ", "-").replace("%", "").replace("+", "").replace("--", "-")
         path = self.dir / f"{len(self.rows):02d}-{slug}.pt2"
-        rep = mz.stage_report(stage, model, self.x, self.y, path, device=self.run.device)
+        rep = mz.stage_report(stage, model, self.x, self.y, path, device=self.device)
         if not self.float_size:
             self.float_size = rep["size_bytes"]
         rounds, up, down = traffic
@@ -115,22 +117,17 @@ class _Stages:
     # ------------------------------------------------------------------ federated pieces
     def fl_rounds(self, n: int, phase: str, *, qat: bool = False) -> tuple[int, int, int]:
         """``n`` federated rounds with the current masks; returns (rounds, uplink, downlink bytes)."""
-        from server.federation import RoundMode
-
         mode = RoundMode(phase=phase, masks=self.masks, mask_payload=pack_masks(self.masks) if self.masks else b"",
                          qat=qat, lr=self.cfg.finetune_lr or None)
         up = down = 0
         for _ in range(n):
             self.round += 1
-            row = self.train_round(self.run, self.grid, self.round, self.nodes, mode)
-            self.append_row(row)
+            row = self.run_round(self.round, mode)
             up, down = up + row.uplink_bytes, down + row.downlink_bytes
         return n, up, down
 
     def query(self, op: str) -> tuple[list[Message], int, int]:
         """Send a stage query with the float32 global model to ``stage-clients`` sampled clients."""
-        from server.federation import sample_partitions
-
         c = self.cfg
         sampled = sample_partitions(list(self.nodes), c.replace(fraction_train=1.0, min_train_nodes=1),
                                     self.round)[: c.stage_clients]
@@ -216,14 +213,30 @@ def stage_table(rows: list[dict[str, Any]]) -> str:
     return head + body
 
 
-def run_model_stages(run: Any, grid: Grid, nodes: dict[int, int], train_round: Callable,
-                     append_row: Callable) -> list[dict[str, Any]]:
+def run_model_stages(run: FederationRun, grid: Grid, nodes: dict[int, int],
+                     run_round: RoundRunner) -> list[dict[str, Any]]:
     """Compress ``run.weights`` stage by stage (see module docstring); return the stage rows.
 
-    Mutates ``run.weights`` (pruning, fine-tune and QAT rounds) and appends the
-    fine-tune / QAT rounds to the ledger through ``append_row``.
+    Parameters
+    ----------
+    run : FederationRun
+        The finished training run; ``run.weights`` is replaced (pruning) and
+        advanced by the fine-tune and QAT rounds.
+    grid : Grid
+        Flower's grid, for the stage queries (calibration ranges, Taylor scores).
+    nodes : dict of int to int
+        Partition id → node id of the federation (from the handshake).
+    run_round : RoundRunner
+        Runs and records one fine-tune / QAT round (numbered after the last
+        ledger row).
+
+    Returns
+    -------
+    list of dict
+        One row per stage (:data:`STAGE_COLUMNS`), also written to
+        ``model_stages.csv`` / ``model_stages.md``.
     """
-    st = _Stages(run, grid, nodes, train_round, append_row)
+    st = _Stages(run, grid, nodes, run_round)
     cfg = st.cfg
     t0 = time.perf_counter()
     st.report("float32", st.model(), started=t0)

@@ -18,7 +18,8 @@ import torch
 from flwr.app import Message
 
 import compression
-from server.protocol import METRICS, UPDATE, ProtocolError, record_payloads
+from fedsqueeze.protocol.instructions import ENCODE_S, NUM_EXAMPLES, REL_DISTORTION, TRAIN_LOSS, TRAIN_S
+from fedsqueeze.protocol.messages import METRICS, UPDATE, ProtocolError, record_payloads
 
 __all__ = ["Accepted", "Rejected", "screen_reply", "payload_bound", "reply_payload_bytes"]
 
@@ -96,7 +97,7 @@ def screen_reply(
         if len(payloads) != 1:
             raise ProtocolError(f"expected one payload, got {len(payloads)}")
         metrics = content.metric_records[METRICS]
-        num_examples = metrics.get("num-examples")
+        num_examples = metrics.get(NUM_EXAMPLES)
     except (ProtocolError, KeyError, TypeError) as exc:
         return Rejected(node, "protocol", str(exc)[:200])
     payload = payloads[0]
@@ -115,8 +116,8 @@ def screen_reply(
         norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
         if not norm <= max_update_norm:
             return Rejected(node, "norm", f"update norm {norm:.4g} > bound {max_update_norm:g}")
-    distortion = metrics.get("rel-distortion")
-    loss = metrics.get("train-loss", float("nan"))
+    distortion = metrics.get(REL_DISTORTION)
+    loss = metrics.get(TRAIN_LOSS, float("nan"))
     return Accepted(
         node_id=node,
         update=update,
@@ -124,8 +125,8 @@ def screen_reply(
         payload_bytes=len(payload),
         rel_distortion=float(distortion) if isinstance(distortion, (int, float)) else None,
         train_loss=float(loss) if isinstance(loss, (int, float)) else float("nan"),
-        train_s=_seconds(metrics.get("train-s")),
-        encode_s=_seconds(metrics.get("encode-s")),
+        train_s=_seconds(metrics.get(TRAIN_S)),
+        encode_s=_seconds(metrics.get(ENCODE_S)),
     )
 
 

@@ -24,12 +24,15 @@ from flwr.serverapp import Grid, ServerApp
 from fedsqueeze.config import ConfigError, RunConfig, expand_preset
 from fedsqueeze.data import MnistUnavailable
 from fedsqueeze.datasets import DatasetError, dataset_provenance
-from server.federation import log, run_federation
+from fedsqueeze.log import configure as configure_logging
+from fedsqueeze.log import get_logger
+from server.federation import run_federation
 
 __all__ = ["app", "resolve_config", "explicit_keys", "federation_size", "default_federation_warning",
            "resolve_out_dir", "FLOWER_DEFAULT_SUPERNODES", "FEDERATION_CONFIG_HINT"]
 
 app = ServerApp()
+log = get_logger(__name__)
 
 #: What ``flwr run`` simulates without ``--federation-config`` (flwr >= 1.32).
 FLOWER_DEFAULT_SUPERNODES = 2
@@ -104,7 +107,7 @@ def default_federation_warning(grid: Grid, **size_kwargs: Any) -> str | None:
     size = federation_size(grid, **size_kwargs)
     if size != FLOWER_DEFAULT_SUPERNODES:
         return None
-    return (f"WARNING: this simulation has {size} SuperNodes, Flower's default when `flwr run` gets no "
+    return (f"this simulation has {size} SuperNodes, Flower's default when `flwr run` gets no "
             "--federation-config. MNIST is split in 2 partitions of 30,000 images, so each client round is "
             "slow and this is not the 100-client setting of the presets. For that setting pass: "
             f'--federation-config "{FEDERATION_CONFIG_HINT}". '
@@ -113,23 +116,28 @@ def default_federation_warning(grid: Grid, **size_kwargs: Any) -> str | None:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Read the run config once (expanding ``preset``), check the federation and data, then run."""
+    """Read the run config once (expanding ``preset``), check the federation and data, then run.
+
+    Progress goes to the ``fedsqueeze`` logger, printed on standard output in
+    the form ``$FEDSQUEEZE_LOG_FORMAT`` names (:mod:`fedsqueeze.log`).
+    """
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    configure_logging()
     try:
         cfg = resolve_config(context.run_config, explicit_keys(grid))
     except ConfigError as exc:
-        log(f"error: run config: {exc}")
+        log.error(f"run config: {exc}")
         raise
     if cfg.preset:
         given = sorted(set(explicit_keys(grid) or ()) - {"preset"})
-        log(f"preset {cfg.preset!r} applied" + (f"; given explicitly: {', '.join(given)}" if given else ""))
+        log.info(f"preset {cfg.preset!r} applied" + (f"; given explicitly: {', '.join(given)}" if given else ""))
     warning = default_federation_warning(grid)
     if warning:
-        log(warning)
+        log.warning(warning)
     try:
         provenance = dataset_provenance(cfg.dataset, cfg.data_dir or None)
     except (MnistUnavailable, DatasetError) as exc:
-        log(f"error: dataset {cfg.dataset!r}: {exc}")
+        log.error(f"dataset {cfg.dataset!r}: {exc}")
         raise
-    log(f"data: {cfg.dataset} {provenance.get('how', 'loaded')} (SHA-256 verified)")
+    log.info(f"data: {cfg.dataset} {provenance.get('how', 'loaded')} (SHA-256 verified)")
     run_federation(grid, cfg, resolve_out_dir(cfg, grid.run.run_id))

@@ -30,9 +30,10 @@ import httpx
 
 from fedsqueeze.config import PRESET_DIR, ConfigError, RunConfig, load_preset, parse_value, preset_names
 from fedsqueeze.ledger import git_revision
+from fedsqueeze.log import LOG_FORMAT_ENV, RECORDS, parse_record, render
 
 __all__ = ["APP_DIR", "PRESET_DIR", "RunFailed", "resolve_overrides", "run_experiment", "private_superlink", "stop_tree",
-           "descendants", "is_noise", "Progress", "parse_cli", "main"]
+           "descendants", "is_noise", "Progress", "display", "parse_cli", "main"]
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -227,13 +228,14 @@ def _fmt_s(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
-# The one summary line per round ("round 3: acc=..." / "round 12 [finetune-0.5]: acc=..."),
-# not the other lines that mention a round (rejected replies, timeouts).
-_ROUND_LINE = re.compile(r"^\[fedsqueeze\] round (\d+)(?: \[[^\]]+\])?: acc=")
-
-
 class Progress:
-    """Round counter and ETA appended to the ServerApp's round lines.
+    """Renders the ServerApp's log records; appends a round counter and ETA to its round lines.
+
+    The ServerApp runs with ``FEDSQUEEZE_LOG_FORMAT=records`` (:mod:`fedsqueeze.log`):
+    each of its log records reaches ``flwr run --stream``'s output as one JSON
+    record, which the runner reads with :func:`fedsqueeze.log.parse_record`.
+    A round line is the record with ``event == "round"`` (one per round; the
+    other lines that mention a round, rejected replies and timeouts, are not).
 
     The ETA is the mean duration of the rounds seen so far (timed from the
     first round line, i.e. after setup and the initial evaluation) times the
@@ -254,19 +256,36 @@ class Progress:
         self.clock = clock
         self.first: tuple[int, float] | None = None  # (round, time) of the first round line seen
 
-    def annotate(self, line: str) -> str:
-        """``line`` unchanged, or a round line with ``[k/N rounds, elapsed, ETA]`` appended."""
-        match = _ROUND_LINE.match(line)
-        if not match:
-            return line
-        round_, now = int(match.group(1)), self.clock()
+    def annotate(self, record: Mapping[str, Any]) -> str:
+        """The human line of a log record (``[fedsqueeze] ...``, newline-terminated).
+
+        A round record gets ``[k/N rounds, elapsed, ETA]`` appended.
+        """
+        line = render(record["level"], record["message"])
+        if record.get("event") != "round" or not isinstance(record.get("round"), int):
+            return line + "\n"
+        round_, now = record["round"], self.clock()
         if self.first is None:  # round 0, or the first round after a resume: the clock starts
             self.first = (round_, now)
-            return line if round_ == 0 else line.rstrip("\n") + f"  [{round_}/{self.total} rounds]\n"
+            return line + "\n" if round_ == 0 else line + f"  [{round_}/{self.total} rounds]\n"
         timed, elapsed = round_ - self.first[0], now - self.first[1]
         left = max(self.total - round_, 0)
         eta = f"ETA {_fmt_s(elapsed / max(timed, 1) * left)}" if left else "last round"
-        return line.rstrip("\n") + f"  [{round_}/{self.total} rounds, {_fmt_s(elapsed)} elapsed, {eta}]\n"
+        return line + f"  [{round_}/{self.total} rounds, {_fmt_s(elapsed)} elapsed, {eta}]\n"
+
+
+def display(line: str, progress: Progress, quiet: bool = False) -> tuple[str, bool]:
+    """How the runner shows one line of ``flwr run --stream``'s output: (text, whether to print it).
+
+    A log record of the ServerApp (:func:`fedsqueeze.log.parse_record`) is
+    rendered by ``progress`` and always shown. Any other line (Flower's, Ray's,
+    a traceback) is shown as it is, unless ``quiet`` or it is known noise
+    (:func:`is_noise`).
+    """
+    record = parse_record(line)
+    if record is not None:
+        return progress.annotate(record), True
+    return line, not quiet and not is_noise(line)
 
 
 def run_experiment(
@@ -317,6 +336,7 @@ def run_experiment(
             run_toml.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in config.items()))
             rev = git_revision() or ""
             link_env = {"FEDSQUEEZE_GIT_REV": rev,
+                        LOG_FORMAT_ENV: RECORDS,  # the ServerApp's progress as records this loop can read
                         # Ray warns on every start unless this is set; 0 keeps its current behaviour.
                         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0"),
                         **({"RAY_ADDRESS": ray_address} if ray_address else {"RAY_TMPDIR": str(ray_tmp)})}
@@ -334,11 +354,10 @@ def run_experiment(
                 try:
                     assert proc.stdout is not None
                     for line in proc.stdout:
-                        tail = (tail + [line.rstrip()])[-40:]
-                        if is_noise(line):
-                            continue
-                        if not quiet or line.startswith("[fedsqueeze]"):
-                            print(progress.annotate(line), end="", flush=True)
+                        shown, visible = display(line, progress, quiet)
+                        tail = (tail + [shown.rstrip()])[-40:]
+                        if visible:
+                            print(shown, end="", flush=True)
                     proc.wait(timeout_s)
                 finally:
                     stop_tree(proc)

@@ -22,11 +22,12 @@ import pytest
 import torch
 
 from fedsqueeze.config import RunConfig
-from fedsqueeze.optimizers import HYPERPARAMETER_KEYS, build_server_optimizer
+from fedsqueeze.optimizers import RESERVED_KEYS, build_server_optimizer, hyperparameter_argument
 from server.aggregate import weighted_mean
 
 #: The run config's defaults for every hyper-parameter key (declared there only).
-DEFAULTS = {arg: getattr(RunConfig(), key.replace("-", "_")) for key, arg in HYPERPARAMETER_KEYS.items()}
+DEFAULTS = {hyperparameter_argument(k): v for k, v in RunConfig().to_mapping().items()
+            if k.startswith("server-") and k not in RESERVED_KEYS}
 
 
 def make_optimizer(name, lr, state=None, **hyperparameters):

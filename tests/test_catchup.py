@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import compression
-from client.local_round import ClientState, StaleBroadcast, TrainInstruction, received_model
+from client.local_round import ClientState, StaleBroadcast, received_model
+from fedsqueeze.protocol.instructions import TrainInstruction
 from server.downlink import CATCHUP, CHAIN, FULL, Broadcaster
 
 SHAPES = {"w": (200, 100), "b": (200,)}

@@ -54,7 +54,8 @@ def test_parse_value_follows_toml():
 def test_lr_decay_shapes_training_rounds_only(tmp_path):
     from fedsqueeze.config import ConfigError, RunConfig
     from server.downlink import Broadcast
-    from server.federation import RoundMode, _instruction, _setup
+    from server.federation import _instruction, _setup
+    from server.rounds import RoundMode
 
     import pytest
 

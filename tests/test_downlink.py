@@ -16,9 +16,10 @@ import pytest
 import torch
 
 import compression
-from client.local_round import ClientState, StaleBroadcast, TrainInstruction, received_model
+from client.local_round import ClientState, StaleBroadcast, received_model
+from fedsqueeze.protocol.instructions import FULL_MODEL, TrainInstruction
 from fedsqueeze.models import initial_state
-from server.downlink import FULL_MODEL, Broadcaster
+from server.downlink import Broadcaster
 
 MODEL, SEED = "seed-cnn", 3
 W0 = initial_state(MODEL, SEED)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -27,6 +28,7 @@ import pytest
 
 from fedsqueeze.config import PRESET_DIR, ConfigError, RunConfig, expand_preset, preset_names
 from fedsqueeze.ledger import COLUMNS
+from fedsqueeze.log import RecordFormatter, event, parse_record
 from simulations import run as runner
 from tests.conftest import REPO, mnist_dir
 
@@ -233,26 +235,51 @@ def test_real_lines_and_warnings_are_kept(line):
     assert not runner.is_noise(line)
 
 
+def served(message: str, level: int = logging.INFO, **fields) -> str:
+    """A line as the ServerApp writes it under the runner (records form), round events with ``fields``."""
+    extra = event("round", **fields) if fields else None
+    record = logging.getLogger("fedsqueeze.server.federation").makeRecord(
+        "fedsqueeze.server.federation", level, __file__, 1, message, None, None, extra=extra)
+    return RecordFormatter().format(record) + "\n"
+
+
 def test_progress_appends_rounds_and_eta():
     now = [100.0]
     progress = runner.Progress({"num-server-rounds": 4}, clock=lambda: now[0])
-    assert progress.annotate("[fedsqueeze] round 0: acc=0.1\n") == "[fedsqueeze] round 0: acc=0.1\n"
+
+    def shown(line: str) -> str:
+        text, visible = runner.display(line, progress, quiet=True)
+        assert visible  # the ServerApp's records are shown also with --quiet
+        return text
+
+    assert shown(served("round 0: acc=0.1", round=0, phase="train")) == "[fedsqueeze] round 0: acc=0.1\n"
     now[0] = 110.0
-    assert progress.annotate("[fedsqueeze] round 1: acc=0.5\n").endswith(
-        "  [1/4 rounds, 10s elapsed, ETA 30s]\n")
+    assert shown(served("round 1: acc=0.5", round=1, phase="train")) == (
+        "[fedsqueeze] round 1: acc=0.5  [1/4 rounds, 10s elapsed, ETA 30s]\n")
     now[0] = 190.0
-    assert progress.annotate("[fedsqueeze] round 2: acc=0.7\n").endswith("[2/4 rounds, 1m30s elapsed, ETA 1m30s]\n")
-    assert progress.annotate("other line\n") == "other line\n"
-    # Lines that mention a round but are not its summary do not count.
-    assert progress.annotate("[fedsqueeze] round 3: rejected node 7 (partition 2): norm: ...\n").endswith("...\n")
+    assert shown(served("round 2: acc=0.7", round=2, phase="train")).endswith(
+        "[2/4 rounds, 1m30s elapsed, ETA 1m30s]\n")
+    # Records that mention a round but are not its summary do not count; warnings say so.
+    assert shown(served("round 3: rejected node 7 (partition 2): norm: ...")) == (
+        "[fedsqueeze] round 3: rejected node 7 (partition 2): norm: ...\n")
+    assert shown(served("this simulation has 2 SuperNodes", logging.WARNING)) == (
+        "[fedsqueeze] WARNING: this simulation has 2 SuperNodes\n")
     now[0] = 250.0
-    assert progress.annotate("[fedsqueeze] round 3 [finetune-0.5]: acc=0.8\n").endswith(
+    assert shown(served("round 3 [finetune-0.5]: acc=0.8", round=3, phase="finetune-0.5")).endswith(
         "[3/4 rounds, 2m30s elapsed, ETA 50s]\n")
+    # Other output is never taken for the ServerApp's: not even text that looks like an old round line.
+    assert runner.display("[fedsqueeze] round 4: acc=0.9\n", progress, quiet=False) == (
+        "[fedsqueeze] round 4: acc=0.9\n", True)
+    assert runner.display("[fedsqueeze] round 4: acc=0.9\n", progress, quiet=True)[1] is False
+    assert runner.display("other line\n", progress) == ("other line\n", True)
+    assert runner.display("  Manually terminating ClientAppActor\n", progress)[1] is False
+    assert progress.first == (0, 100.0)  # the clock still counts from round 0
     # A resumed run starts the clock at its first round line.
     resumed = runner.Progress({"num-server-rounds": 10}, clock=lambda: now[0])
-    assert resumed.annotate("[fedsqueeze] round 6: acc=0.9\n").endswith("[6/10 rounds]\n")
+    assert resumed.annotate(parse_record(served("round 6: acc=0.9", round=6))).endswith("[6/10 rounds]\n")
     now[0] = 260.0
-    assert resumed.annotate("[fedsqueeze] round 7: acc=0.9\n").endswith("[7/10 rounds, 10s elapsed, ETA 30s]\n")
+    assert resumed.annotate(parse_record(served("round 7: acc=0.9", round=7))).endswith(
+        "[7/10 rounds, 10s elapsed, ETA 30s]\n")
     # Model-compression rounds are planned too: 2 prune levels x 3 fine-tune rounds + 2 QAT rounds.
     staged = runner.Progress({"num-server-rounds": 4, "prune-targets": "0.5,0.8", "finetune-rounds": 3,
                               "qat-rounds": 2, "model-quant": "qat-int8"})

@@ -52,7 +52,7 @@ from hypothesis import strategies as st
 import compression
 from compression import wire
 from fedsqueeze.models import initial_state
-from server.protocol import METRICS, UPDATE, payloads_record
+from fedsqueeze.protocol.messages import METRICS, UPDATE, payloads_record
 from server.replies import Accepted, Rejected, screen_reply
 
 # ----------------------------------------------------------------------------- budget

@@ -64,3 +64,31 @@ def test_clients_csv_rows_and_resume_truncation(tmp_path):
         assert [int(r["round"]) for r in csv.DictReader(fh)] == [1, 1, 2, 2]
     row = resumed.append(RoundRow(3, 0.6, 0.9, sim_round_s=0.5), wall_s=3.0)
     assert row["cum_sim_s"] == 3.5
+
+
+def test_run_summary_totals_come_from_the_ledger_rows(tmp_path):
+    from fedsqueeze.config import RunConfig
+    from fedsqueeze.ledger import run_summary
+
+    cfg = RunConfig.from_mapping({"name": "t", "seed": 3, "network": "mobile-3g"})
+    ledger = Ledger(tmp_path, "up", "down")
+    ledger.append(RoundRow(0, 0.1, 2.0, uplink_bytes=50, downlink_bytes=60, handshake=True), wall_s=0.5)
+    for rnd, acc in [(1, 0.6), (2, None), (3, 0.5)]:
+        ledger.append(RoundRow(rnd, acc, None if acc is None else 1 - acc, uplink_bytes=100, downlink_bytes=300,
+                               uplink_dense_bytes=400, downlink_dense_bytes=600, uplink_payload_bytes=80,
+                               downlink_payload_bytes=250), wall_s=float(rnd))
+    common = dict(data={"source": "x"}, pipeline_up="fp32", pipeline_down="q8", num_params=7,
+                  handshake_bytes=(50, 60), resumed_at=None, resume_handshake_bytes=0, model_stages=None)
+    s = run_summary("running", cfg, ledger.rows, network={"reference_flops": 1e9, "train_flops_per_example": 5},
+                    **common)
+    assert (s["status"], s["name"], s["seed"], s["rounds_completed"]) == ("running", "t", 3, 3)
+    assert (s["final_accuracy"], s["best_accuracy"]) == (0.5, 0.6)  # round 2 was not evaluated
+    # training rounds only: the handshake row's bytes are reported apart
+    assert (s["cum_uplink_bytes"], s["cum_downlink_bytes"]) == (300, 900)
+    assert (s["cum_uplink_payload_bytes"], s["cum_downlink_payload_bytes"]) == (240, 750)
+    assert (s["uplink_vs_float32"], s["downlink_vs_float32"], s["total_vs_float32"]) == (4.0, 2.0, 2.5)
+    assert s["handshake"] == {"uplink_bytes": 50, "downlink_bytes": 60} and s["wall_s"] == 3.0
+    assert s["network"]["profiles"] == "mobile-3g" and s["network"]["train_flops_per_example"] == 5
+    assert s["config"] == cfg.to_mapping() and s["targets"]["0.99"] is None
+    empty = run_summary("completed", cfg, [], network=None, **common)
+    assert empty["final_accuracy"] is None and empty["total_vs_float32"] is None and empty["network"] is None

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import compression
-from client.local_round import ClientState, TrainInstruction, run_local_round
+from client.local_round import ClientState, run_local_round
 from fedsqueeze import modelzip as mz
 from fedsqueeze.data import test_tensors as load_test_set
 from fedsqueeze.models import build_model, initial_state
 from fedsqueeze.modelzip.masks import MaskError, pack_masks, unpack_masks
+from fedsqueeze.protocol.instructions import TrainInstruction
+from fedsqueeze.protocol.messages import MASK, MODEL, UPDATE, record_payloads
 from fedsqueeze.train import evaluate
-from server.protocol import MASK, MODEL, UPDATE, record_payloads
 from tests.federation_harness import SMALL, run_inprocess
 
 

@@ -1,10 +1,9 @@
-"""client.records: one kebab-case mapping for every instruction the server sends."""
+"""fedsqueeze.protocol.records: one kebab-case mapping for every instruction the server sends."""
 
 import pytest
 from flwr.app import ConfigRecord
 
-from client.local_round import TrainInstruction
-from client.stage_query import StageQuery
+from fedsqueeze.protocol.instructions import StageQuery, TrainInstruction
 
 QUERY = dict(op="scores", seed=3, model="seed-cnn", partition="iid", dirichlet_alpha=0.5, shards_per_client=2,
              data_dir="", calibration_images=64)

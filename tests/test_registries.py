@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import compression
-from client.local_round import ClientState, TrainInstruction, run_local_round
+from client.local_round import ClientState, run_local_round
 from fedsqueeze.config import ConfigError, RunConfig
 from fedsqueeze.data import to_input as mnist_to_input
 from fedsqueeze.datasets import (
@@ -35,9 +35,10 @@ from fedsqueeze.datasets import (
 from fedsqueeze.device import DeviceUnavailable, resolve_device
 from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.optimizers import SERVER_OPTIMIZERS, ServerOptimizer, build_server_optimizer, register_server_optimizer
+from fedsqueeze.protocol.instructions import TrainInstruction
+from fedsqueeze.protocol.messages import METRICS, MODEL, UPDATE, record_payloads
 from server.aggregate import weighted_mean
 from server.checkpoint import load_checkpoint
-from server.protocol import METRICS, MODEL, UPDATE, record_payloads
 from tests.federation_harness import read_rows, run_direct
 
 # ----------------------------------------------------------------------------- the user's plugins
@@ -193,12 +194,23 @@ def test_built_in_optimizers_are_registered_through_the_same_api():
     (("fedavg", SignedMomentum), ValueError, "already registered"),
     (("my opt", SignedMomentum), ValueError, "without spaces"),
     (("x", "not callable"), TypeError, "must be callable"),
-    (("x", SignedMomentum, ("server-gamma",)), ValueError, r"unknown hyper-parameter key\(s\) \['server-gamma'\]"),
+    (("x", SignedMomentum, ("momentum",)), ValueError, r"key\(s\) \['momentum'\] are not server-\* run-config keys"),
+    (("x", SignedMomentum, ("server-lr",)), ValueError, r"key\(s\) \['server-lr'\] are not server-\* run-config keys"),
 ])
 def test_bad_optimizer_registrations_are_refused(args, error, match):
     with pytest.raises(error, match=match):
         register_server_optimizer(*args)
     assert "x" not in SERVER_OPTIMIZERS and "my opt" not in SERVER_OPTIMIZERS
+
+
+def test_an_optimizer_reading_a_key_the_config_lacks_is_refused_at_parse_time():
+    register_server_optimizer("needs-gamma", SignedMomentum, ("server-momentum", "server-gamma"))
+    try:
+        with pytest.raises(ConfigError, match=r"'server-optimizer'.*reads run-config key\(s\) \['server-gamma'\]"):
+            RunConfig.from_mapping({"server-optimizer": "needs-gamma"})
+        RunConfig.from_mapping({"server-optimizer": "fedavg"})  # only the optimizer a config names is checked
+    finally:
+        del SERVER_OPTIMIZERS["needs-gamma"]
 
 
 def test_a_factory_must_return_a_server_optimizer():

@@ -10,8 +10,8 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 import compression
 from fedsqueeze.data import to_input
 from fedsqueeze.models import build_model, initial_state
+from fedsqueeze.protocol.messages import METRICS, UPDATE, payloads_record
 from fedsqueeze.train import state_delta, train
-from server.protocol import METRICS, UPDATE, payloads_record
 from server.replies import Accepted, Rejected, payload_bound, screen_reply
 
 SHAPES = {k: tuple(v.shape) for k, v in initial_state("seed-cnn", 0).items()}

@@ -21,9 +21,10 @@ import torch
 import compression
 from fedsqueeze.config import RunConfig
 from fedsqueeze.models import initial_state
+from fedsqueeze.protocol.messages import CONFIG, METRICS, MODEL, UPDATE, record_payloads
 from server.checkpoint import load_checkpoint
-from server.federation import plan_injections, sample_partitions
-from server.protocol import CONFIG, METRICS, MODEL, UPDATE, record_payloads
+from server.federation import plan_injections
+from server.rounds import sample_partitions
 from tests.federation_harness import direct_runner, read_rows, run_direct
 
 NUM_PARAMS = sum(v.numel() for v in initial_state("seed-cnn", 0).values())

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-__all__ = ["MaskError", "pack_masks", "unpack_masks"]
+__all__ = ["MaskError", "pack_masks", "unpack_masks", "mask_state"]
 
 MAGIC, VERSION = b"FSQM", 1
 
@@ -103,3 +103,21 @@ def unpack_masks(payload: bytes, expected: Mapping[str, tuple[int, ...]] | None 
             if tuple(mask.shape) != tuple(expected[name]):
                 raise MaskError(f"mask {name!r} has shape {tuple(mask.shape)}, parameter has {tuple(expected[name])}")
     return masks
+
+
+def mask_state(tensors: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copy of ``tensors`` with the entries at pruned positions (mask 0) set to exactly 0.
+
+    The clients (their update and error-feedback residual) and the server
+    (decoded updates and the aggregate) apply the same masks this way, so a
+    pruned weight stays exactly zero on both sides.
+
+    Parameters
+    ----------
+    tensors : mapping of name to tensor
+        Model-shaped tensors (weights, an update, a residual).
+    masks : mapping of name to tensor
+        0/1 masks of the pruned parameters (:func:`unpack_masks`); entries
+        without a mask are returned unchanged.
+    """
+    return {k: v * masks[k] if k in masks else v for k, v in tensors.items()}

@@ -10,10 +10,11 @@ Train instruction (server → client), ``message_type="train"``:
 Train reply (client → server):
     ``update``  ArrayRecord ``{"payload": uint8}``: the compressed update.
     ``metrics`` MetricRecord: num-examples, train-loss, rel-distortion, ...
+                (names in :mod:`fedsqueeze.protocol.instructions`)
 Handshake (round 0), ``message_type="query"``: the reply's ``metrics`` carry
 the node's ``partition-id`` so the server can sample deterministically.
 Stage queries, ``message_type="query"`` with ``config["op"]``
-(``client.stage_query``): ``calibrate`` (reply ``metrics``: activation
+(:class:`fedsqueeze.protocol.instructions.StageQuery`): ``calibrate`` (reply ``metrics``: activation
 ``<node>.min`` / ``<node>.max``) and ``scores`` (reply ``update``: Taylor
 importance scores as an fp32 payload); the ``model`` record carries the
 float32 global model.
