@@ -8,10 +8,12 @@ import logging
 # warning about it in every process. Not actionable here, so silenced before the import.
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.local_round import ClientState, run_local_round
+from client.state_store import load_state, save_state
 from client.stage_query import answer_calibrate, answer_scores
 from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, StageQuery, TrainInstruction
 from fedsqueeze.protocol.messages import (CONFIG, MASK, METRICS, MODEL, PAYLOAD, UPDATE, payloads_record,
@@ -39,6 +41,23 @@ def _save_state(context: Context, state: ClientState) -> None:
         context.state[_BCAST_META] = ConfigRecord({"version": state.version})
 
 
+def _restore(directory: str, pid: int, round_: int) -> ClientState | None:
+    """The state this client saved before ``round_`` (exact resume), if any."""
+    saved = load_state(directory, pid, before_round=round_)
+    if saved is None:
+        return None
+    groups, meta = saved
+    tensors = {g: {k: torch.from_numpy(v) for k, v in t.items()} for g, t in groups.items()}
+    return ClientState(tensors.get("residual"), tensors.get("broadcast"), meta.get("version", -1))
+
+
+def _persist(directory: str, pid: int, round_: int, state: ClientState) -> None:
+    groups = {"residual": state.residual, "broadcast": state.broadcast}
+    save_state(directory, pid, round_,
+               {g: None if t is None else {k: v.numpy() for k, v in t.items()} for g, t in groups.items()},
+               {"version": state.version})
+
+
 def _partition(context: Context) -> tuple[int, int]:
     return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 
@@ -50,8 +69,14 @@ def train(msg: Message, context: Context) -> Message:
     payloads = record_payloads(msg.content[MODEL])
     mask = record_payloads(msg.content[MASK])[0] if MASK in msg.content else None
     pid, n = _partition(context)
-    out = run_local_round(ins, payloads, _load_state(context), pid, n, mask_payload=mask)
+    state = _load_state(context)
+    if ins.state_dir and not any(k in context.state for k in (_EF, _BCAST)):
+        # a fresh process (the run was resumed): continue from what this client saved
+        state = _restore(ins.state_dir, pid, ins.round) or state
+    out = run_local_round(ins, payloads, state, pid, n, mask_payload=mask)
     _save_state(context, out.state)
+    if ins.state_dir:
+        _persist(ins.state_dir, pid, ins.round, out.state)
     content = RecordDict({UPDATE: payloads_record([out.payload], [PAYLOAD]), METRICS: MetricRecord(out.metrics)})
     return Message(content=content, reply_to=msg)
 

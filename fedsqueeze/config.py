@@ -44,6 +44,7 @@ class RunConfig:
     seed: int = 0
     out_dir: str = ""
     resume: bool = False
+    client_state_dir: str = ""
     # data and model
     data_dir: str = ""
     dataset: str = "mnist"

@@ -7,6 +7,10 @@ Layout under ``<out-dir>/checkpoint/``::
     broadcast.npz    the model clients reconstruct (downlink state)
     optimizer.npz    server optimizer moments (FedAvgM / FedAdam), if any
     history.bin      delta-downlink payloads, concatenated (lengths in state.json)
+    node-errors.npz  per-partition catch-up errors (``downlink-catchup``), ``<partition>/<tensor>``
+
+``state.json`` also holds the downlink version each partition holds and the
+tag of the run's saved client states.
 
 A new checkpoint is written to a fresh directory and swapped in with
 ``os.replace``, so a crash at any instant leaves either the previous or the
@@ -14,11 +18,14 @@ new checkpoint, never a mix. RNG state needs no saving: every random choice
 (sampling, fault plan, client shuffles, stochastic codecs) is drawn from a
 generator seeded by ``(seed, round, ...)``.
 
-Client-side state (error-feedback residuals, the clients' broadcast models)
-lives in Flower's ``Context.state``, which a restarted simulation does not
-have: after a resume every client starts with a zero residual and is treated
-as never contacted (it gets the delta chain from version 0, or the float32
-model if that is cheaper).
+Client-side state (error-feedback residuals, the clients' broadcast models,
+codec state) lives in Flower's ``Context.state``, which a restarted simulation
+does not have. With ``client-state-dir`` set, clients also save it to disk
+(:mod:`client.state_store`, under ``<client-state-dir>/<client_state_tag>``)
+and a resumed run continues exactly: same payload bytes, same metrics.
+Without it, every client starts again with a zero residual and no model: the
+server then forgets the versions they held (each gets the delta chain from
+version 0, or the float32 model if that is cheaper).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +60,12 @@ class Checkpoint:
     broadcast: dict[str, torch.Tensor]
     optimizer_state: dict[str, dict[str, torch.Tensor]]
     history: list[bytes]
+    #: Downlink version each partition holds (absent = never contacted, -1 = unknown).
+    node_versions: dict[int, int] = field(default_factory=dict)
+    #: Catch-up error each partition carries (``downlink-catchup``).
+    node_errors: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    #: Names this run's folder of saved client states (``client-state-dir``); fixed at round 0.
+    client_state_tag: str = ""
 
 
 def _save_npz(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -63,6 +76,17 @@ def _save_npz(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 def _load_npz(path: Path) -> dict[str, torch.Tensor]:
     with np.load(path, allow_pickle=False) as data:
         return {k: torch.from_numpy(data[k].copy()) for k in data.files}
+
+
+def _node_errors(path: Path) -> dict[int, dict[str, torch.Tensor]]:
+    """``node-errors.npz`` by partition; a checkpoint written before it existed has none."""
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    if not path.exists():
+        return out
+    for key, value in _load_npz(path).items():
+        pid, _, name = key.partition("/")
+        out.setdefault(int(pid), {})[name] = value
+    return out
 
 
 def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
@@ -76,6 +100,8 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
     for name, tensors in ckpt.optimizer_state.items():
         _save_npz(staging / f"optimizer-{name}.npz", tensors)
     (staging / "history.bin").write_bytes(b"".join(ckpt.history))
+    _save_npz(staging / "node-errors.npz",
+              {f"{pid}/{k}": v for pid, err in ckpt.node_errors.items() for k, v in err.items()})
     state = {
         "format": _FORMAT,
         "round": ckpt.round,
@@ -83,6 +109,8 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
         "config": ckpt.config,
         "history_lengths": [len(p) for p in ckpt.history],
         "optimizer_moments": sorted(ckpt.optimizer_state),
+        "node_versions": {str(pid): v for pid, v in sorted(ckpt.node_versions.items())},
+        "client_state_tag": ckpt.client_state_tag,
     }
     (staging / "state.json").write_text(json.dumps(state, indent=1))
     for f in staging.iterdir():  # durable before the swap
@@ -117,7 +145,7 @@ def load_checkpoint(out_dir: Path, config: dict[str, Any]) -> Checkpoint | None:
         if state.get("format") != _FORMAT:
             raise CheckpointError(f"checkpoint format {state.get('format')} != {_FORMAT}")
         # preset: how the keys were given, not what they are (the expanded keys are compared)
-        ignored = {"resume", "out-dir", "num-server-rounds", "preset"}
+        ignored = {"resume", "out-dir", "num-server-rounds", "preset", "client-state-dir"}
         # a key newer than the checkpoint was at its default when it was written
         defaults = RunConfig().to_mapping()
         mine = {k: v for k, v in config.items() if k not in ignored}
@@ -141,6 +169,9 @@ def load_checkpoint(out_dir: Path, config: dict[str, Any]) -> Checkpoint | None:
             broadcast=_load_npz(root / "broadcast.npz"),
             optimizer_state={m: _load_npz(root / f"optimizer-{m}.npz") for m in state["optimizer_moments"]},
             history=history,
+            node_versions={int(pid): int(v) for pid, v in state.get("node_versions", {}).items()},
+            node_errors=_node_errors(root / "node-errors.npz"),
+            client_state_tag=str(state.get("client_state_tag", "")),
         )
     except (OSError, KeyError, ValueError) as exc:
         if isinstance(exc, CheckpointError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,8 @@ class _Run:
     resume_handshake_bytes: int = 0
     resumed_at: int | None = None
     stage_rows: list[dict[str, Any]] | None = None
+    client_state_tag: str = ""
+    restored: Checkpoint | None = None  # until the handshake maps its partitions to this run's nodes
     device: torch.device = torch.device("cpu")  # evaluation and model stages; the weights stay on the CPU
 
     def evaluate(self) -> tuple[float, float]:
@@ -205,7 +208,7 @@ def _instruction(run: _Run, round_: int, bc: Broadcast, inject: str, mode: Round
         lr=lr, bf16_autocast=c.bf16_autocast, qat=mode.qat,
         momentum=c.momentum, weight_decay=c.weight_decay, client_threads=c.client_threads, data_dir=c.data_dir,
         uplink=str(run.up_spec), downlink_mode=c.downlink_mode, base_version=bc.base_version,
-        target_version=bc.target_version, catchup=bc.kind == CATCHUP,
+        target_version=bc.target_version, catchup=bc.kind == CATCHUP, state_dir=_client_state_dir(run),
         inject=inject, hang_s=c.round_timeout + _HANG_GRACE_S if inject == "hang" else 0.0,
         dataset=c.dataset, device=c.device,
     )
@@ -391,12 +394,37 @@ def _round_runner(run: _Run, grid: Grid, nodes: dict[int, int]) -> RoundRunner:
     return run_round
 
 
-def _checkpoint(run: _Run, round_: int) -> None:
+def _checkpoint(run: _Run, round_: int, nodes: dict[int, int]) -> None:
     assert run.ledger is not None
+    bc = run.broadcaster
+    pid_of = {nid: pid for pid, nid in nodes.items()}  # node ids change from run to run, partitions do not
     save_checkpoint(run.out_dir, Checkpoint(
         round=round_, ledger_rows=len(run.ledger.rows), config=run.cfg.to_mapping(), weights=run.weights,
-        broadcast=run.broadcaster.broadcast, optimizer_state=run.optimizer.state,
-        history=run.broadcaster.history))
+        broadcast=bc.broadcast, optimizer_state=run.optimizer.state, history=bc.history,
+        node_versions={pid_of[n]: v for n, v in bc.node_version.items() if n in pid_of},
+        node_errors={pid_of[n]: e for n, e in bc.node_error.items() if n in pid_of},
+        client_state_tag=run.client_state_tag))
+
+
+def _restore_nodes(run: _Run, nodes: dict[int, int]) -> None:
+    """Give this run's nodes the downlink state their partitions had at the checkpoint.
+
+    Only when the clients saved their own state (``client-state-dir``): a client
+    that lost it holds no model, whatever version the checkpoint says.
+    """
+    ckpt, run.restored = run.restored, None
+    if ckpt is None or not run.client_state_tag:
+        return
+    bc = run.broadcaster
+    bc.node_version = {nodes[pid]: v for pid, v in ckpt.node_versions.items() if pid in nodes}
+    bc.node_error = {nodes[pid]: e for pid, e in ckpt.node_errors.items() if pid in nodes}
+
+
+def _client_state_dir(run: _Run) -> str:
+    """Absolute folder of this run's saved client states ('' = clients keep state in memory only)."""
+    if not run.cfg.client_state_dir:
+        return ""
+    return str(Path(run.cfg.client_state_dir).resolve() / run.client_state_tag)
 
 
 def _resume(run: _Run) -> int:
@@ -404,16 +432,23 @@ def _resume(run: _Run) -> int:
     ckpt = load_checkpoint(run.out_dir, run.cfg.to_mapping()) if run.cfg.resume else None
     pipelines = (str(run.up_spec), str(run.broadcaster.spec))
     if ckpt is None:
+        # random, not seeded: a fresh run in the same folder must never read an older run's client states
+        run.client_state_tag = uuid.uuid4().hex if run.cfg.client_state_dir else ""
         if run.cfg.resume:
             log(f"resume: no checkpoint in {run.out_dir}; starting from round 0")
         run.ledger = Ledger(run.out_dir, *pipelines)
         return 0
     run.weights, run.optimizer.state = ckpt.weights, ckpt.optimizer_state
     run.broadcaster.broadcast, run.broadcaster.history = ckpt.broadcast, ckpt.history
+    # a tag written without client-state-dir (or none at all) names no saved states
+    run.client_state_tag = ckpt.client_state_tag if run.cfg.client_state_dir else ""
+    run.restored = ckpt
     run.ledger = Ledger(run.out_dir, *pipelines, keep_rows=ckpt.ledger_rows)
     run.started = time.perf_counter() - float(run.ledger.rows[-1]["wall_s"])
     run.resumed_at = ckpt.round
-    log(f"resume: continuing after round {ckpt.round} (client residuals start from zero)")
+    log(f"resume: continuing after round {ckpt.round} " + (
+        "(clients restore their saved state)" if run.client_state_tag else
+        "(client residuals start from zero: set client-state-dir for an exact resume)"))
     return ckpt.round + 1
 
 
@@ -430,6 +465,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         f"uplink={run.up_spec} downlink={run.broadcaster.spec} ({cfg.downlink_mode}) out={out_dir}")
     nodes, num_partitions, down, up = handshake(grid, cfg)
     run.handshake_bytes = (up, down)
+    _restore_nodes(run, nodes)
     log(f"handshake: {len(nodes)} nodes of {num_partitions} partitions, up {up:,} B, down {down:,} B "
         "(reported apart from the training rounds)")
     run.partition_sizes = log_partitions(cfg, num_partitions, out_dir)
@@ -440,7 +476,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                                    clients_ok=len(nodes), applied=False, handshake=True),
                           time.perf_counter() - run.started)
         log(f"round 0: acc={acc:.4f} loss={loss:.4f}", extra=event("round", round=0, phase="train"))
-        _checkpoint(run, 0)
+        _checkpoint(run, 0, nodes)
         first = 1
     else:
         run.resume_handshake_bytes = up + down  # real traffic, but not part of the uninterrupted run's ledger
@@ -452,7 +488,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             break
         evaluate_model = rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds
         _record(run, _train_round(run, grid, rnd, nodes, evaluate_model=evaluate_model))
-        _checkpoint(run, rnd)
+        _checkpoint(run, rnd, nodes)
     if cfg.model_stages:
         # Not checkpointed: a resumed run drops these rows (the ledger is cut back to the
         # last checkpoint, the final training round) and redoes the stages from there.

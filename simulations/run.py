@@ -36,6 +36,8 @@ __all__ = ["APP_DIR", "PRESET_DIR", "RunFailed", "resolve_overrides", "run_exper
            "descendants", "is_noise", "Progress", "display", "parse_cli", "main"]
 
 APP_DIR = Path(__file__).resolve().parent.parent
+#: Folder of ``out_dir`` where the clients of a run started here save their state (exact resume).
+CLIENT_STATE_DIR = "client-state"
 
 # Lines of Flower's, Ray's and torch's own output that say nothing about this run:
 # an unconditional notice about a default this runner never uses (it always passes
@@ -303,7 +305,10 @@ def run_experiment(
     """Run one federation through ``flwr run`` on a private SuperLink; return its summary.
 
     ``config`` is a validated kebab-case mapping (see :func:`resolve_overrides`);
-    ``out-dir`` is set to ``out_dir``. With ``ray_address`` (``host:port`` of a
+    ``out-dir`` is set to ``out_dir``. Unless ``config`` names a
+    ``client-state-dir``, the clients save their state to
+    ``<out_dir>/client-state`` so that ``--resume`` continues the run exactly;
+    that folder is deleted once the run has completed. With ``ray_address`` (``host:port`` of a
     running Ray cluster's GCS) the simulation attaches to that cluster instead
     of starting its own Ray: ``RAY_ADDRESS`` is set for the SuperLink (and so
     for the simulation process that calls ``ray.init``) and ``total_cpus`` is
@@ -320,6 +325,9 @@ def run_experiment(
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {**config, "out-dir": str(out_dir)}
+    own_state_dir = not config.get("client-state-dir")
+    if own_state_dir:
+        config["client-state-dir"] = str(out_dir / CLIENT_STATE_DIR)
     RunConfig.from_mapping(config)
     total_cpus = total_cpus or os.cpu_count() or 1
     become_subreaper()
@@ -371,6 +379,8 @@ def run_experiment(
     if summary.get("status") != "completed":
         raise RunFailed(f"run did not complete (summary status {summary.get('status')!r}); last output:\n"
                         + "\n".join(tail))
+    if own_state_dir:  # only a resume reads them; up to 2 x (residual + model) per client
+        shutil.rmtree(out_dir / CLIENT_STATE_DIR, ignore_errors=True)
     return summary
 
 

@@ -347,12 +347,12 @@ def _matches(run: RunSpec, pattern: str) -> bool:
 # ---------------------------------------------------------------- run folders
 
 def config_differences(expected: Mapping[str, Any], recorded: Mapping[str, Any]) -> list[str]:
-    """Keys whose values differ between two run configs, ignoring ``out-dir``.
+    """Keys whose values differ between two run configs, ignoring where it wrote.
 
     Keys missing from either side take their current defaults.
 
-    ``out-dir`` is where the run happened to be written; moving a sweep folder
-    must not invalidate its results.
+    ``out-dir`` and ``client-state-dir`` are where the run happened to write;
+    moving a sweep folder must not invalidate its results.
     """
     from fedsqueeze.config import RunConfig
 
@@ -360,7 +360,7 @@ def config_differences(expected: Mapping[str, Any], recorded: Mapping[str, Any])
     # which by construction reproduces the behaviour before the key existed.
     defaults = RunConfig().to_mapping()
     expected, recorded = {**defaults, **expected}, {**defaults, **recorded}
-    keys = (set(expected) | set(recorded)) - {"out-dir"}
+    keys = (set(expected) | set(recorded)) - {"out-dir", "client-state-dir"}
     return sorted(k for k in keys if expected.get(k, "<unset>") != recorded.get(k, "<unset>"))
 
 

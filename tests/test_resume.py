@@ -15,6 +15,9 @@ from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save
 from tests.federation_harness import SMALL, assert_same_ledgers, read_rows, run_inprocess
 
 FP32 = {**SMALL, "uplink": "fp32", "downlink": "fp32", "downlink-mode": "full", "num-server-rounds": 4}
+# Error feedback on both sides and a lossy delta downlink: clients hold state a restart loses.
+EF = {**SMALL, "uplink": "prune=topk,keep=0.05,quant=ternary,ef=true",
+      "downlink": "prune=topk,keep=0.05,quant=ternary,ef=true", "downlink-mode": "delta", "num-server-rounds": 4}
 
 
 def _same_ledgers(a, b):
@@ -44,6 +47,13 @@ def uninterrupted(tmp_path_factory):
     return read_rows(out)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_ef(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole-ef")
+    run_inprocess({**EF, "client-state-dir": str(out / "client-state")}, out)
+    return read_rows(out)
+
+
 @pytest.mark.slow  # Ray worker processes; tests/test_server_loop.py resumes in-process (delta mode)
 def test_stopped_then_resumed_equals_uninterrupted(tmp_path, uninterrupted):
     run_inprocess({**FP32, "num-server-rounds": 2}, tmp_path)
@@ -53,10 +63,17 @@ def test_stopped_then_resumed_equals_uninterrupted(tmp_path, uninterrupted):
 
 
 @pytest.mark.slow
-def test_killed_runner_resumes_to_the_same_ledger(tmp_path, uninterrupted):
-    """SIGTERM the blocking runner mid-run, resume it: same ledger as the uninterrupted in-process run."""
+@pytest.mark.parametrize("config", ["fp32", "ef"])
+def test_killed_runner_resumes_to_the_same_ledger(tmp_path, request, config):
+    """SIGTERM the blocking runner mid-run, resume it: same ledger as the uninterrupted in-process run.
+
+    With error feedback too: ``simulations.run`` gives the clients a ``client-state-dir``, so
+    they come back with their residuals and models, and every payload byte and accuracy matches.
+    """
+    settings = FP32 if config == "fp32" else EF
+    uninterrupted = request.getfixturevalue("uninterrupted" if config == "fp32" else "uninterrupted_ef")
     out = tmp_path / "run"
-    args = [f"{k}={v}" if not isinstance(v, str) else f'{k}="{v}"' for k, v in FP32.items()]
+    args = [f"{k}={v}" if not isinstance(v, str) else f'{k}="{v}"' for k, v in settings.items()]
     cmd = [sys.executable, "-m", "simulations.run", "fedavg-fp32", *args, "--num-supernodes", "5",
            "--quiet", "--out", str(out)]
     proc = subprocess.Popen(cmd, start_new_session=True)
@@ -75,7 +92,11 @@ def test_killed_runner_resumes_to_the_same_ledger(tmp_path, uninterrupted):
             os.killpg(proc.pid, signal.SIGKILL)
     done = subprocess.run(cmd + ["--resume"], timeout=600)
     assert done.returncode == 0
-    _same_ledgers(read_rows(out), uninterrupted)
+    if config == "fp32":
+        _same_ledgers(read_rows(out), uninterrupted)
+    else:  # the instruction names the state folder, whose path differs in length: payload columns are exact
+        assert_same_ledgers(read_rows(out), uninterrupted, envelope_jitter=16 + len(str(tmp_path)) + 64)
+    assert not (out / "client-state").exists()  # deleted once the run completed
 
 
 # ---------------------------------------------------------------- checkpoint edge cases (no federation)

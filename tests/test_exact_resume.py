@@ -1,0 +1,122 @@
+"""Exact resume: with ``client-state-dir``, a stopped run continues to the uninterrupted run's ledger.
+
+The in-process harness (tests.federation_harness.DirectGrid) gives every node a fresh
+``Context`` per run, exactly as a restarted Flower simulation does, so "resume" here loses
+every client's in-memory state: only what the clients saved to disk can bring it back.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from client.state_store import ClientStateError, load_state, save_state, state_paths
+from tests.federation_harness import VOLATILE, assert_same_ledgers, read_rows, run_direct
+
+# Error feedback on the uplink (client residuals), a lossy delta downlink with catch-ups
+# (client broadcast models and versions, server-side per-client catch-up errors): every
+# piece of state a resume can lose.
+STC_LIKE = {
+    "model": "seed-cnn", "seed": 4, "partition": "iid", "num-server-rounds": 5, "fraction-train": 0.3,
+    "min-train-nodes": 3, "min-available-nodes": 10, "local-epochs": 1, "batch-size": 50, "lr": 0.05,
+    "uplink": "prune=topk,keep=0.05,quant=ternary,ef=true", "downlink": "prune=topk,keep=0.05,quant=ternary,ef=true",
+    "downlink-mode": "delta", "downlink-catchup": "prune=topk,keep=0.1,quant=ternary",
+}
+NODES = 10
+
+
+def _config(state_dir, **extra):
+    return {**STC_LIKE, "client-state-dir": str(state_dir), **extra}
+
+
+@pytest.fixture
+def state_dir(tmp_path_factory):
+    # mktemp numbers its folders (cs0, cs1, ...): the same length for every run, and the
+    # instruction carries the folder's path, so wire bytes compare exactly
+    return tmp_path_factory.mktemp("cs")
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    summary, _ = run_direct(_config(tmp_path_factory.mktemp("cs")), out, NODES)
+    return out, summary
+
+
+def _assert_same(a, b):
+    assert_same_ledgers(read_rows(a), read_rows(b), envelope_jitter=0)
+    ca, cb = read_rows(a, "clients.csv"), read_rows(b, "clients.csv")
+    assert len(ca) == len(cb)
+    for ra, rb in zip(ca, cb):  # every client's bytes, versions and status; not its wall time
+        assert {k: v for k, v in ra.items() if k not in VOLATILE} == {k: v for k, v in rb.items() if k not in VOLATILE}
+
+
+def test_resumed_run_equals_the_uninterrupted_one(tmp_path, whole, state_dir):
+    a, summary_a = whole
+    cut = tmp_path / "cut"
+    run_direct(_config(state_dir, **{"num-server-rounds": 2}), cut, NODES)
+    summary_b, _ = run_direct(_config(state_dir, resume=True), cut, NODES)
+    assert summary_b["resumed_at_round"] == 2
+    _assert_same(a, cut)
+    for key in ("cum_uplink_payload_bytes", "cum_downlink_payload_bytes", "final_accuracy"):
+        assert summary_a[key] == summary_b[key], key
+
+
+def test_a_round_lost_in_flight_is_redone_from_the_state_before_it(tmp_path, whole, state_dir):
+    """Clients that trained in a round the server never checkpointed must not use that round's state."""
+    a, _ = whole
+    cut = tmp_path / "lost"
+    run_direct(_config(state_dir, **{"num-server-rounds": 2}), cut, NODES)
+    saved_ckpt = tmp_path / "ckpt-round2"
+    shutil.copytree(cut / "checkpoint", saved_ckpt)
+    run_direct(_config(state_dir, **{"num-server-rounds": 3}, resume=True), cut, NODES)
+    (states,) = state_dir.iterdir()
+    rounds = [load_state(states, int(p.name[1:].split(".")[0]), before_round=99) for p in states.glob("p*.npz")]
+    assert any(meta["version"] == 3 for _, meta in filter(None, rounds))  # some clients saved round 3
+    shutil.rmtree(cut / "checkpoint")
+    shutil.copytree(saved_ckpt, cut / "checkpoint")  # the server died before checkpointing round 3
+    run_direct(_config(state_dir, resume=True), cut, NODES)
+    _assert_same(a, cut)
+
+
+def test_without_client_state_dir_a_resume_still_runs_but_drifts(tmp_path, whole):
+    a, _ = whole
+    cut = tmp_path / "cut"
+    config = {k: v for k, v in STC_LIKE.items()}
+    run_direct({**config, "num-server-rounds": 2}, cut, NODES)
+    run_direct({**config, "resume": True}, cut, NODES)
+    ra, rb = read_rows(a), read_rows(cut)
+    assert [r["uplink_payload_bytes"] for r in ra[:3]] == [r["uplink_payload_bytes"] for r in rb[:3]]
+    # round 3 onwards: residuals restarted from zero, every client got the model again from version 0
+    drifted = ("test_accuracy", "uplink_payload_bytes", "downlink_payload_bytes")
+    assert [[r[k] for k in drifted] for r in ra[3:]] != [[r[k] for k in drifted] for r in rb[3:]]
+
+
+# ------------------------------------------------------------------ the store itself
+
+def _groups(x: float):
+    return {"residual": {"w": np.full(3, x, np.float32)}, "broadcast": None}
+
+
+def test_store_keeps_the_newest_state_before_the_round(tmp_path):
+    assert load_state(tmp_path, 7, before_round=9) is None
+    save_state(tmp_path, 7, 2, _groups(2.0), {"version": 2})
+    save_state(tmp_path, 7, 5, _groups(5.0), {"version": 5})
+    groups, meta = load_state(tmp_path, 7, before_round=6)
+    assert meta == {"version": 5} and groups["residual"]["w"].tolist() == [5.0] * 3 and "broadcast" not in groups
+    groups, meta = load_state(tmp_path, 7, before_round=5)  # round 5 was lost: the one before it
+    assert meta == {"version": 2} and groups["residual"]["w"].tolist() == [2.0] * 3
+    assert load_state(tmp_path, 7, before_round=2) is None
+
+
+def test_store_rejects_damaged_or_foreign_files(tmp_path):
+    save_state(tmp_path, 1, 1, _groups(1.0), {"version": 1})
+    latest, _ = state_paths(tmp_path, 1)
+    shutil.copy(latest, state_paths(tmp_path, 2)[0])
+    with pytest.raises(ClientStateError, match="saved by partition 1"):
+        load_state(tmp_path, 2, before_round=3)
+    latest.write_bytes(latest.read_bytes()[:40])
+    with pytest.raises(ClientStateError, match="unreadable client state"):
+        load_state(tmp_path, 1, before_round=3)
