@@ -60,8 +60,8 @@ class TrainInstruction:
     bf16_autocast: bool = False
     qat: bool = False  # train the fake-quantized (int8 QAT) graph of the received model
     catchup: bool = False  # delta downlink: one accumulated update from base to target, not a chain
-    state_dir: str = ""  # where the client saves its state for an exact resume ('' = memory only)
     # Keys added later are sent only when not at their default, so existing runs keep their message bytes.
+    state_dir: str = field(default="", metadata=OMIT_DEFAULT)  # exact resume: where the client saves its state
     dataset: str = field(default=DEFAULT_DATASET, metadata=OMIT_DEFAULT)  # fedsqueeze.datasets
     device: str = field(default="cpu", metadata=OMIT_DEFAULT)  # fedsqueeze.device
 
