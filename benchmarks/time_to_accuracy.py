@@ -45,8 +45,6 @@ from fedsqueeze.ledger import accuracy, evaluated
 
 log = logging.getLogger("time_to_accuracy")
 
-INPUT_SHAPE = (1, 28, 28)  # MNIST; every registered model takes it
-
 
 class RunError(ValueError):
     """A run directory that cannot be analysed (missing or malformed files)."""
@@ -118,12 +116,15 @@ class Setting:
 
 def _flops(run: Run) -> float:
     if run.flops_per_example is None:
+        from fedsqueeze.datasets import DEFAULT_DATASET, get_dataset
         from fedsqueeze.models import build_model
 
         model = run.config.get("model")
         if not model:
             raise RunError(f"{run.path}/summary.json: config has no 'model' (needed for FLOP-based compute)")
-        run.flops_per_example = float(netsim.train_flops_per_example(build_model(model), INPUT_SHAPE))
+        dataset = run.config.get("dataset", DEFAULT_DATASET)  # runs older than the key are MNIST runs
+        run.flops_per_example = float(netsim.train_flops_per_example(build_model(model, dataset),
+                                                                     get_dataset(dataset).input_shape))
     return run.flops_per_example
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 import compression
-from fedsqueeze.data import load_mnist, to_input
+from fedsqueeze.datasets import get_dataset, load_dataset, to_input
+from fedsqueeze.device import resolve_device
 from fedsqueeze.modelzip import prepare_qat
 from fedsqueeze.modelzip.masks import mask_state, unpack_masks
 from fedsqueeze.models import build_model, initial_state
@@ -69,33 +70,33 @@ def client_seed(seed: int, round_: int, partition_id: int) -> int:
 
 
 _PARTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-_MODELS: dict[str, torch.nn.Module] = {}
+_MODELS: dict[tuple[str, str], torch.nn.Module] = {}
 
 
 def client_data(ins: TrainInstruction, partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """This client's training tensors; MNIST is decoded once per process and memoized."""
+    """This client's training tensors; the dataset is loaded once per process and memoized."""
     key = (ins.data_dir, ins.partition, num_partitions, ins.seed, ins.dirichlet_alpha, ins.shards_per_client)
-    key += (partition_id,)
+    key += (partition_id, ins.dataset)
     cached = _PARTS.get(key)
     if cached is not None:
         return cached
-    mnist = load_mnist(ins.data_dir or None)
-    labels = np.asarray(mnist.train_labels)
+    data = load_dataset(ins.dataset, ins.data_dir or None)
+    labels = np.asarray(data.train_labels)
     parts = partition(labels, num_partitions, ins.partition, seed=ins.seed,
                       alpha=ins.dirichlet_alpha, shards_per_client=ins.shards_per_client)
     idx = parts[partition_id]
-    out = (to_input(mnist.train_images[idx]), torch.from_numpy(labels[idx].astype(np.int64)))
+    out = (to_input(data.train_images[idx], ins.dataset), torch.from_numpy(labels[idx].astype(np.int64)))
     if len(_PARTS) > 256:  # a worker serves many clients; bound the memo
         _PARTS.clear()
     _PARTS[key] = out
     return out
 
 
-def _model(name: str) -> torch.nn.Module:
-    # One instance per architecture per process: weights are overwritten each call.
-    if name not in _MODELS:
-        _MODELS[name] = build_model(name)
-    return _MODELS[name]
+def _model(name: str, dataset: str) -> torch.nn.Module:
+    # One instance per architecture and dataset per process: weights are overwritten each call.
+    if (name, dataset) not in _MODELS:
+        _MODELS[name, dataset] = build_model(name, dataset)
+    return _MODELS[name, dataset]
 
 
 def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: ClientState) -> tuple[dict[str, torch.Tensor], ClientState]:
@@ -115,7 +116,7 @@ def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: Clie
     StaleBroadcast
         Delta mode, but this client does not hold ``ins.base_version``.
     """
-    template = {k: tuple(v.shape) for k, v in _model(ins.model).state_dict().items()}
+    template = {k: tuple(v.shape) for k, v in _model(ins.model, ins.dataset).state_dict().items()}
     if ins.base_version == FULL_MODEL:
         if len(payloads) != 1:
             raise compression.PayloadError(f"a full model is 1 payload, got {len(payloads)}")
@@ -124,7 +125,7 @@ def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: Clie
             return base, state
         return base, replace(state, broadcast={k: v.clone() for k, v in base.items()}, version=ins.target_version)
     if ins.base_version == 0:
-        base = initial_state(ins.model, ins.seed)
+        base = initial_state(ins.model, ins.seed, ins.dataset)
     elif state.broadcast is not None and state.version == ins.base_version:
         base = {k: v.clone() for k, v in state.broadcast.items()}
     else:
@@ -164,18 +165,19 @@ def run_local_round(
     torch.set_num_threads(ins.client_threads)
     if ins.inject == "crash":
         raise InjectedCrash(f"injected crash (round {ins.round}, partition {partition_id})")
+    device = resolve_device(ins.device)  # before any work: a client without the GPU asked for fails clearly
     global_state, state = received_model(ins, payloads, state)
     x, y = client_data(ins, partition_id, num_partitions)
     masks = unpack_masks(mask_payload, {k: tuple(v.shape) for k, v in global_state.items()}) if mask_payload else None
-    model = _model(ins.model)
+    model = _model(ins.model, ins.dataset)
     model.load_state_dict(global_state)
-    if ins.qat:
-        model = prepare_qat(model)  # a trainable copy; parameter names are preserved
+    if ins.qat:  # a trainable copy; parameter names are preserved
+        model = prepare_qat(model, input_shape=get_dataset(ins.dataset).input_shape)
     seed = client_seed(ins.seed, ins.round, partition_id)
     result = train(model, x, y, epochs=ins.local_epochs, batch_size=ins.batch_size, lr=ins.lr,
                    momentum=ins.momentum, weight_decay=ins.weight_decay, seed=seed, masks=masks,
-                   bf16_autocast=ins.bf16_autocast)
-    trained = model.state_dict()
+                   bf16_autocast=ins.bf16_autocast, device=device)
+    trained = model.state_dict()  # train() leaves the model where it found it: on the CPU
     update = state_delta({k: trained[k] for k in global_state}, global_state)
     residual_in = state.residual
     if masks:

@@ -17,9 +17,11 @@ import torch
 
 import compression
 from client.local_round import client_data, client_seed
+from fedsqueeze.device import resolve_device
 from fedsqueeze.models import build_model
 from fedsqueeze.modelzip import observe_ranges, taylor_scores
 from fedsqueeze.protocol.instructions import StageQuery, ranges_to_metrics
+from fedsqueeze.train import on_device
 
 __all__ = ["answer_calibrate", "answer_scores"]
 
@@ -35,7 +37,7 @@ def _local_sample(q: StageQuery, partition_id: int, num_partitions: int) -> tupl
 
 
 def _float_model(q: StageQuery, model_payload: bytes) -> torch.nn.Module:
-    model = build_model(q.model)
+    model = build_model(q.model, q.dataset)
     template = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     model.load_state_dict(compression.decode(model_payload, expected=template))
     return model.eval()
@@ -49,7 +51,10 @@ def answer_calibrate(q: StageQuery, model_payload: bytes, partition_id: int, num
 
 
 def answer_scores(q: StageQuery, model_payload: bytes, partition_id: int, num_partitions: int) -> bytes:
-    """Taylor scores of the received model on local data, as a lossless fp32 payload."""
+    """Taylor scores of the received model on local data (computed on ``q.device``), as a lossless fp32 payload."""
+    device = resolve_device(q.device)
     x, y = _local_sample(q, partition_id, num_partitions)
-    scores = taylor_scores(_float_model(q, model_payload), x, y)
-    return compression.encode(scores, "fp32")
+    model = _float_model(q, model_payload)
+    with on_device(model, device):
+        scores = taylor_scores(model, x.to(device), y.to(device))
+    return compression.encode({k: v.cpu() for k, v in scores.items()}, "fp32")

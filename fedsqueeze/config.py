@@ -47,6 +47,7 @@ class RunConfig:
     client_state_dir: str = ""
     # data and model
     data_dir: str = ""
+    dataset: str = "mnist"
     model: str = "mcmahan-cnn"
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
@@ -67,12 +68,13 @@ class RunConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     client_threads: int = 1
+    device: str = "cpu"
     # compression
     uplink: str = "stc"
     downlink: str = "stc"
     downlink_mode: str = "delta"
     downlink_catchup: str = ""
-    # server optimizer
+    # server optimizer (fedsqueeze.optimizers registry; each reads the server-* keys it names)
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
     server_momentum: float = 0.9
@@ -161,11 +163,14 @@ class RunConfig:
         from compression import SpecError
 
         from . import netsim
+        from .datasets import DATASETS, dataset_names
+        from .device import DEVICE_CHOICES, check_device
         from .models import MODELS
+        from .optimizers import SERVER_OPTIMIZERS, server_optimizer_names
         from .partition import SCHEMES
         from .plugins import PluginError, load_plugins
 
-        try:  # first: plugins may register stages the pipelines below name
+        try:  # first: plugins may register the stages, datasets and optimizers checked below
             load_plugins(self.plugins)
         except PluginError as exc:
             raise ConfigError(f"config key 'plugins': {exc}") from exc
@@ -174,6 +179,7 @@ class RunConfig:
             if not ok:
                 raise ConfigError(f"config key {key!r}: {what} (got {getattr(self, key.replace('-', '_'))!r})")
 
+        need(self.dataset in DATASETS, "dataset", f"must be a registered dataset: {dataset_names()}")
         need(self.model in MODELS, "model", f"must be one of {sorted(MODELS)}")
         need(self.partition in SCHEMES, "partition", f"must be one of {SCHEMES}")
         need(self.dirichlet_alpha > 0, "dirichlet-alpha", "must be > 0")
@@ -192,9 +198,16 @@ class RunConfig:
         need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         need(self.weight_decay >= 0, "weight-decay", "must be >= 0")
         need(self.client_threads >= 1, "client-threads", "must be >= 1")
+        try:
+            check_device(self.device)
+        except ValueError:
+            need(False, "device", f"must be one of {DEVICE_CHOICES}")
         need(self.downlink_mode in ("full", "delta"), "downlink-mode", "must be 'full' or 'delta'")
-        need(self.server_optimizer in ("fedavg", "fedavgm", "fedadam"), "server-optimizer",
-             "must be 'fedavg', 'fedavgm' or 'fedadam'")
+        need(self.server_optimizer in SERVER_OPTIMIZERS, "server-optimizer",
+             f"must be a registered server optimizer: {server_optimizer_names()}")
+        unknown = [k for k in SERVER_OPTIMIZERS[self.server_optimizer].keys if k not in self.keys()]
+        need(not unknown, "server-optimizer", f"the registered optimizer reads run-config key(s) {unknown}, "
+             "which do not exist (hyper-parameters are RunConfig fields)")
         need(self.server_lr > 0, "server-lr", "must be > 0")
         need(0 <= self.server_momentum < 1, "server-momentum", "must be in [0, 1)")
         need(0 <= self.server_beta1 < 1, "server-beta1", "must be in [0, 1)")

@@ -100,14 +100,18 @@ def partition(
     raise ValueError(f"unknown partition scheme {scheme!r}; choose one of {SCHEMES}")
 
 
-def label_counts(labels: np.ndarray, parts: list[np.ndarray], num_classes: int = 10) -> np.ndarray:
-    """``(num_partitions, num_classes)`` matrix of label counts per partition."""
-    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
+def label_counts(labels: np.ndarray, parts: list[np.ndarray], num_classes: int | None = None) -> np.ndarray:
+    """``(num_partitions, num_classes)`` matrix of label counts per partition.
+
+    ``num_classes`` defaults to ``max(labels) + 1``; give the dataset's when a class may be absent.
+    """
+    n = int(labels.max()) + 1 if num_classes is None else num_classes
+    return np.stack([np.bincount(labels[p], minlength=n) for p in parts])
 
 
-def describe(labels: np.ndarray, parts: list[np.ndarray], limit: int = 10) -> str:
-    """A short human-readable summary: sizes and label counts per client."""
-    counts = label_counts(labels, parts)
+def describe(labels: np.ndarray, parts: list[np.ndarray], limit: int = 10, num_classes: int | None = None) -> str:
+    """A short human-readable summary: sizes and label counts per client (see :func:`label_counts`)."""
+    counts = label_counts(labels, parts, num_classes)
     sizes = counts.sum(axis=1)
     lines = [
         f"{len(parts)} partitions, sizes min/median/max = "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["TrainResult", "train", "evaluate", "state_delta", "apply_masks"]
+__all__ = ["TrainResult", "train", "evaluate", "state_delta", "apply_masks", "on_device"]
 
 
 @dataclass(frozen=True)
@@ -47,20 +47,46 @@ def train(
     seed: int = 0,
     masks: Mapping[str, torch.Tensor] | None = None,
     bf16_autocast: bool = False,
+    device: torch.device | str | None = None,
 ) -> TrainResult:
     """Plain minibatch SGD over ``(x, y)``; mutates ``model``'s parameters.
 
     The shuffling order depends only on ``seed``, so the same call on the same
     weights gives the same result. With ``masks``, masked weights are zeroed
     before training and after every step, so pruned weights stay exactly zero.
+    With ``device`` (see :mod:`fedsqueeze.device`), the model and data are moved
+    there for training and the model is moved back afterwards; on the CPU this
+    moves nothing.
     """
     n = len(y)
     if n == 0:
         raise ValueError("train: empty partition")
     model.train()
-    with channels_last(model):
+    with on_device(model, device) as dev, channels_last(model):
+        if dev is not None:
+            x, y = x.to(dev), y.to(dev)
+            masks = {k: m.to(dev) for k, m in masks.items()} if masks else masks
         return _sgd(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                     weight_decay=weight_decay, seed=seed, masks=masks, bf16_autocast=bf16_autocast)
+
+
+@contextlib.contextmanager
+def on_device(model: nn.Module, device: torch.device | str | None):
+    """Move ``model`` to ``device`` for the block, then back to the device it was on.
+
+    Yields the ``torch.device`` (``None`` when ``device`` is ``None``: nothing moves).
+    Mutates where the parameters live, never their values.
+    """
+    if device is None:
+        yield None
+        return
+    dev = torch.device(device)
+    home = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
+    model.to(dev)
+    try:
+        yield dev
+    finally:
+        model.to(home)
 
 
 @contextlib.contextmanager
@@ -86,7 +112,7 @@ def _sgd(model, x, y, *, epochs, batch_size, lr, momentum, weight_decay, seed, m
     loss_fn = nn.CrossEntropyLoss()
     if masks:
         apply_masks(model, masks)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16_autocast else contextlib.nullcontext()
+    amp = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16_autocast else contextlib.nullcontext()
     total, steps = torch.zeros(()), 0
     start = time.perf_counter()
     for _ in range(epochs):
@@ -106,22 +132,28 @@ def _sgd(model, x, y, *, epochs, batch_size, lr, momentum, weight_decay, seed, m
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250,
+             device: torch.device | str | None = None) -> tuple[float, float]:
     """Return ``(mean cross-entropy loss, accuracy)`` of ``model`` on ``(x, y)``.
 
     Batches of 250 in channels-last layout: the fastest setting measured for
     the McMahan CNN on 2 cores (1.6 s against 4.8 s for 1,000-image NCHW batches).
+    With ``device``, the model runs there (moved back afterwards) and each batch
+    is copied there.
     """
     model.eval()
-    with channels_last(model):
-        return _evaluate(model, x, y, batch_size)
+    with on_device(model, device) as dev, channels_last(model):
+        return _evaluate(model, x, y, batch_size, dev)
 
 
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+              device: torch.device | None = None) -> tuple[float, float]:
     loss_sum, correct = 0.0, 0
     for lo in range(0, len(y), batch_size):
-        logits = model(x[lo : lo + batch_size])
-        target = y[lo : lo + batch_size]
+        xb, target = x[lo : lo + batch_size], y[lo : lo + batch_size]
+        if device is not None:
+            xb, target = xb.to(device), target.to(device)
+        logits = model(xb)
         loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
         correct += int((logits.argmax(1) == target).sum())
     return loss_sum / len(y), correct / len(y)

@@ -24,18 +24,20 @@ from flwr.serverapp import Grid
 import compression
 from fedsqueeze import netsim
 from fedsqueeze.config import RunConfig, resolve_pipeline
-from fedsqueeze.data import data_provenance, load_mnist, test_tensors
+from fedsqueeze.datasets import dataset_provenance, get_dataset, load_dataset, test_tensors
+from fedsqueeze.device import resolve_device
 from fedsqueeze.log import event, get_logger
 from fedsqueeze.modelzip.masks import mask_state
 from fedsqueeze.partition import describe, label_counts, partition
 from fedsqueeze.ledger import ClientRow, Ledger, RoundRow, accuracy, run_summary, write_summary
 from fedsqueeze.models import build_model, initial_state, num_parameters
+from fedsqueeze.optimizers import ServerOptimizer, server_optimizer_from_config
 from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, TrainInstruction
 from fedsqueeze.protocol.messages import CONFIG, MASK, METRICS, MODEL, payloads_record
 from fedsqueeze.train import evaluate
 from server.accounting import each_message_bytes, message_bytes, messages_bytes
 from server.exchange import exchange
-from server.aggregate import ServerOptimizer, weighted_mean
+from server.aggregate import weighted_mean
 from server.model_stages import run_model_stages
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.downlink import CATCHUP, Broadcast, Broadcaster
@@ -70,13 +72,14 @@ def log_partitions(cfg: RunConfig, num_partitions: int, out_dir: Path) -> list[i
     Returns the number of training examples of each partition (the server knows them from the
     seed, so the ledger and the network simulation do not depend on what clients report).
     """
-    labels = np.asarray(load_mnist(cfg.data_dir or None).train_labels)
+    labels = np.asarray(load_dataset(cfg.dataset, cfg.data_dir or None).train_labels)
+    num_classes = get_dataset(cfg.dataset).num_classes
     parts = partition(labels, num_partitions, cfg.partition, seed=cfg.seed, alpha=cfg.dirichlet_alpha,
                       shards_per_client=cfg.shards_per_client)
-    log(describe(labels, parts, limit=5))
-    counts = label_counts(labels, parts)
+    log(describe(labels, parts, limit=5, num_classes=num_classes))
+    counts = label_counts(labels, parts, num_classes)
     with open(out_dir / "partitions.csv", "w") as fh:
-        fh.write("partition_id,num_examples," + ",".join(f"label_{d}" for d in range(10)) + "\n")
+        fh.write("partition_id,num_examples," + ",".join(f"label_{d}" for d in range(num_classes)) + "\n")
         for pid, row in enumerate(counts):
             fh.write(f"{pid},{int(row.sum())}," + ",".join(str(int(c)) for c in row) + "\n")
     return [int(row.sum()) for row in counts]
@@ -138,17 +141,19 @@ class _Run:
     aggregator: Any = None  # the uplink stage's compressed-domain aggregator (FetchSGD), else None
     client_state_tag: str = ""
     restored: Checkpoint | None = None  # until the handshake maps its partitions to this run's nodes
+    device: torch.device = torch.device("cpu")  # evaluation and model stages; the weights stay on the CPU
 
     def evaluate(self) -> tuple[float, float]:
-        x, y = test_tensors(self.cfg.data_dir or None)
+        x, y = test_tensors(self.cfg.dataset, self.cfg.data_dir or None)
         self.model.load_state_dict(self.weights)
-        return evaluate(self.model, x, y, self.cfg.eval_batch_size)
+        return evaluate(self.model, x, y, self.cfg.eval_batch_size, device=self.device)
 
     def summary(self, status: str) -> dict[str, Any]:
         network = None if self.profiles is None else {
             "reference_flops": self.reference_flops, "train_flops_per_example": self.flops_per_example}
         return run_summary(
-            status, self.cfg, self.ledger.rows if self.ledger else [], data=data_provenance(self.cfg.data_dir or None),
+            status, self.cfg, self.ledger.rows if self.ledger else [],
+            data=dataset_provenance(self.cfg.dataset, self.cfg.data_dir or None),
             pipeline_up=str(self.up_spec), pipeline_down=str(self.broadcaster.spec), num_params=self.num_params,
             handshake_bytes=self.handshake_bytes, network=network, resumed_at=self.resumed_at,
             resume_handshake_bytes=self.resume_handshake_bytes, model_stages=self.stage_rows)
@@ -156,8 +161,9 @@ class _Run:
 
 def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
-    weights = initial_state(cfg.model, cfg.seed)
+    device = resolve_device(cfg.device)  # a CUDA request without CUDA fails here, before any round
+    model = build_model(cfg.model, cfg.dataset)
+    weights = initial_state(cfg.model, cfg.seed, cfg.dataset)
     down_spec = resolve_pipeline(cfg.downlink)
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
     up_spec = resolve_pipeline(cfg.uplink)
@@ -176,12 +182,12 @@ def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
         up_spec=up_spec,
         broadcaster=Broadcaster(cfg.downlink_mode, down_spec, cfg.seed, {k: v.clone() for k, v in weights.items()},
                                 catchup=resolve_pipeline(cfg.downlink_catchup) if cfg.downlink_catchup else None),
-        optimizer=ServerOptimizer(cfg.server_optimizer, cfg.server_lr, cfg.server_momentum, cfg.server_beta1,
-                                  cfg.server_beta2, cfg.server_tau),
+        optimizer=server_optimizer_from_config(cfg),
         ledger=None,
         started=time.perf_counter(),
         payload_bound=payload_bound(up_spec, shapes, cfg.seed),
         aggregator=aggregator,
+        device=device,
     )
 
 
@@ -192,7 +198,8 @@ def _setup_network(run: _Run, num_partitions: int) -> None:
     if run.profiles is None:
         return
     run.reference_flops = netsim.reference_flops(cfg.network)
-    run.flops_per_example = netsim.train_flops_per_example(build_model(cfg.model), (1, 28, 28))
+    run.flops_per_example = netsim.train_flops_per_example(build_model(cfg.model, cfg.dataset),
+                                                           get_dataset(cfg.dataset).input_shape)
     log(f"network: {cfg.network} x{cfg.network_scale:g} bandwidth, {cfg.compute_time} compute time "
         f"({run.flops_per_example / 1e6:.1f} MFLOP per training example), deadline "
         f"{cfg.round_deadline:g}s, over-select {cfg.over_select:g}")
@@ -210,6 +217,7 @@ def _instruction(run: _Run, round_: int, bc: Broadcast, inject: str, mode: Round
         uplink=str(run.up_spec), downlink_mode=c.downlink_mode, base_version=bc.base_version,
         target_version=bc.target_version, catchup=bc.kind == CATCHUP, state_dir=_client_state_dir(run),
         inject=inject, hang_s=c.round_timeout + _HANG_GRACE_S if inject == "hang" else 0.0,
+        dataset=c.dataset, device=c.device,
     )
 
 
@@ -257,7 +265,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     replies.sort(key=lambda r: pid_of.get(r.metadata.src_node_id, -1))  # arrival order must not matter
     accepted: list[Accepted] = []
     answered = set()
-    max_examples = 60_000
+    max_examples = len(load_dataset(cfg.dataset, cfg.data_dir or None).train_labels)  # no client holds more
     max_payload = run.payload_bound
     for reply in replies:
         nid = reply.metadata.src_node_id

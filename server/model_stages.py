@@ -39,7 +39,8 @@ from flwr.serverapp import Grid
 
 import compression
 from fedsqueeze import modelzip as mz
-from fedsqueeze.data import test_tensors
+from fedsqueeze.datasets import get_dataset, test_tensors
+from fedsqueeze.device import resolve_device
 from fedsqueeze.log import get_logger
 from fedsqueeze.models import build_model
 from fedsqueeze.modelzip.masks import pack_masks
@@ -72,7 +73,8 @@ class _Stages:
         self.run, self.grid, self.nodes = run, grid, nodes
         self.run_round = run_round
         self.cfg = run.cfg
-        self.x, self.y = test_tensors(self.cfg.data_dir or None)
+        self.x, self.y = test_tensors(self.cfg.dataset, self.cfg.data_dir or None)
+        self.device = resolve_device(self.cfg.device)  # float evaluation; int8 stages and latencies stay on the CPU
         self.dir = run.out_dir / "artifacts"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
@@ -81,7 +83,7 @@ class _Stages:
         self.masks: dict[str, torch.Tensor] | None = None
 
     def model(self) -> torch.nn.Module:
-        model = build_model(self.cfg.model)
+        model = build_model(self.cfg.model, self.cfg.dataset)
         model.load_state_dict(self.run.weights)
         return model.eval()
 
@@ -91,7 +93,7 @@ class _Stages:
         """Save, reload and measure ``model``; append its row to the stage table (written durably)."""
         slug = stage.lower().replace(" ", "-").replace("%", "").replace("+", "").replace("--", "-")
         path = self.dir / f"{len(self.rows):02d}-{slug}.pt2"
-        rep = mz.stage_report(stage, model, self.x, self.y, path)
+        rep = mz.stage_report(stage, model, self.x, self.y, path, device=self.device)
         if not self.float_size:
             self.float_size = rep["size_bytes"]
         rounds, up, down = traffic
@@ -131,7 +133,7 @@ class _Stages:
                                     self.round)[: c.stage_clients]
         q = StageQuery(op=op, seed=c.seed, model=c.model, partition=c.partition, dirichlet_alpha=c.dirichlet_alpha,
                        shards_per_client=c.shards_per_client, data_dir=c.data_dir,
-                       calibration_images=c.calibration_images)
+                       calibration_images=c.calibration_images, dataset=c.dataset, device=c.device)
         model = compression.encode(self.run.weights, "fp32")
         msgs = [Message(RecordDict({CONFIG: ConfigRecord(q.to_record()), MODEL: payloads_record([model])}),
                         self.nodes[pid], "query", group_id=f"{op}-{self.round}") for pid in sampled]
@@ -164,7 +166,8 @@ class _Stages:
 
     def taylor_scores(self) -> tuple[dict[str, torch.Tensor], int, int]:
         """Sum of the clients' Taylor scores of the current global model."""
-        shapes = {k: tuple(self.run.weights[k].shape) for k in mz.prunable_names(build_model(self.cfg.model))}
+        prunable = mz.prunable_names(build_model(self.cfg.model, self.cfg.dataset))
+        shapes = {k: tuple(self.run.weights[k].shape) for k in prunable}
         replies, up, down = self.query("scores")
         scores = []
         for r in replies:
@@ -261,7 +264,8 @@ def run_model_stages(run: FederationRun, grid: Grid, nodes: dict[int, int],
         t0 = time.perf_counter()
         if kind == "static-int8":
             ranges, up, down = st.calibration_ranges(base)
-            st.report("int8 static (federated calibration)", mz.quantize_static_int8(base, ranges),
+            int8 = mz.quantize_static_int8(base, ranges, input_shape=get_dataset(cfg.dataset).input_shape)
+            st.report("int8 static (federated calibration)", int8,
                       reference=base, traffic=(0, up, down), started=t0)
         elif kind == "dynamic-int8":
             st.report("int8 dynamic (Linear)", mz.quantize_dynamic_int8(base), reference=base, started=t0)
@@ -275,7 +279,8 @@ def run_model_stages(run: FederationRun, grid: Grid, nodes: dict[int, int],
         qat_float = st.model()
         if "qat-int8" in cfg.quant_stages:
             ranges, q_up, q_down = st.calibration_ranges(qat_float)
-            st.report("int8 QAT (federated)", mz.quantize_static_int8(qat_float, ranges), reference=qat_float,
+            int8 = mz.quantize_static_int8(qat_float, ranges, input_shape=get_dataset(cfg.dataset).input_shape)
+            st.report("int8 QAT (federated)", int8, reference=qat_float,
                       traffic=(rounds, up + q_up, down + q_down), started=t0)
         else:
             st.report("QAT-trained float", qat_float, traffic=(rounds, up, down), started=t0)

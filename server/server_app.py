@@ -2,7 +2,7 @@
 
 Before the federation starts it expands the ``preset`` run-config key, warns
 when the simulation runs Flower's default federation of 2 SuperNodes, and
-logs where MNIST comes from.
+logs where the run's dataset comes from.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsqueeze.config import ConfigError, RunConfig, expand_preset
-from fedsqueeze.data import MnistUnavailable, load_mnist
+from fedsqueeze.data import MnistUnavailable
+from fedsqueeze.datasets import DatasetError, dataset_provenance
 from fedsqueeze.log import configure as configure_logging
 from fedsqueeze.log import get_logger
 from server.federation import run_federation
@@ -134,9 +135,9 @@ def main(grid: Grid, context: Context) -> None:
     if warning:
         log.warning(warning)
     try:
-        mnist = load_mnist(cfg.data_dir or None)
-    except MnistUnavailable as exc:
-        log.error(f"MNIST: {exc}")
+        provenance = dataset_provenance(cfg.dataset, cfg.data_dir or None)
+    except (MnistUnavailable, DatasetError) as exc:
+        log.error(f"dataset {cfg.dataset!r}: {exc}")
         raise
-    log.info(f"data: MNIST {mnist.source}")
+    log.info(f"data: {cfg.dataset} {provenance.get('how', 'loaded')} (SHA-256 verified)")
     run_federation(grid, cfg, resolve_out_dir(cfg, grid.run.run_id))

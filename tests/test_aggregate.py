@@ -1,4 +1,5 @@
-"""server.aggregate: the example-weighted mean and the server optimizers, against hand-computed values.
+"""server.aggregate's example-weighted mean and fedsqueeze.optimizers' built-in server optimizers, against
+hand-computed values.
 
 The update rules are those of the papers, written out here in plain float64
 scalars (not with the module's tensor code):
@@ -20,7 +21,17 @@ import math
 import pytest
 import torch
 
-from server.aggregate import ServerOptimizer, weighted_mean
+from fedsqueeze.config import RunConfig
+from fedsqueeze.optimizers import RESERVED_KEYS, build_server_optimizer, hyperparameter_argument
+from server.aggregate import weighted_mean
+
+#: The run config's defaults for every hyper-parameter key (declared there only).
+DEFAULTS = {hyperparameter_argument(k): v for k, v in RunConfig().to_mapping().items()
+            if k.startswith("server-") and k not in RESERVED_KEYS}
+
+
+def make_optimizer(name, lr, state=None, **hyperparameters):
+    return build_server_optimizer(name, lr, state, **{**DEFAULTS, **hyperparameters})
 
 
 def t(*values: float) -> torch.Tensor:
@@ -126,7 +137,7 @@ def close(got, want, rel=1e-5, abs_=1e-6):
 
 
 def test_fedavg_applies_the_server_learning_rate():
-    opt = ServerOptimizer("fedavg", lr=0.5)
+    opt = make_optimizer("fedavg", lr=0.5)
     w1 = opt.step(W0, DELTAS[0])
     close(w1, {"w": [1.5, -1.5], "b": [2.125]})  # by hand: w0 + 0.5 * d
     assert opt.state == {}  # nothing to checkpoint
@@ -134,7 +145,7 @@ def test_fedavg_applies_the_server_learning_rate():
 
 
 def test_fedavgm_matches_hsu_et_al_with_hand_values():
-    opt = ServerOptimizer("fedavgm", lr=1.0, momentum=0.9)
+    opt = make_optimizer("fedavgm", lr=1.0, momentum=0.9)
     w = W0
     # by hand, coordinate w[0]: v = 2, 0.9*2-1 = 0.8, 0.9*0.8+0.5 = 1.22; w = 2.5, 3.3, 4.52
     expected_w0 = [2.5, 3.3, 4.52]
@@ -146,7 +157,7 @@ def test_fedavgm_matches_hsu_et_al_with_hand_values():
 
 @pytest.mark.parametrize("lr, beta", [(1.0, 0.9), (0.3, 0.5), (2.0, 0.0)])
 def test_fedavgm_trajectory_and_momentum_state(lr, beta):
-    opt = ServerOptimizer("fedavgm", lr=lr, momentum=beta)
+    opt = make_optimizer("fedavgm", lr=lr, momentum=beta)
     w = W0
     for d, (want_w, want_v) in zip(DELTAS, reference_fedavgm(W0, DELTAS, lr, beta)):
         w = opt.step(w, d)
@@ -156,7 +167,7 @@ def test_fedavgm_trajectory_and_momentum_state(lr, beta):
 
 
 def test_fedavgm_without_momentum_is_fedavg():
-    a, b = ServerOptimizer("fedavgm", lr=0.7, momentum=0.0), ServerOptimizer("fedavg", lr=0.7)
+    a, b = make_optimizer("fedavgm", lr=0.7, momentum=0.0), make_optimizer("fedavg", lr=0.7)
     wa = wb = W0
     for d in DELTAS:
         wa, wb = a.step(wa, d), b.step(wb, d)
@@ -164,7 +175,7 @@ def test_fedavgm_without_momentum_is_fedavg():
 
 
 def test_fedadam_first_step_by_hand():
-    opt = ServerOptimizer("fedadam", lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
+    opt = make_optimizer("fedadam", lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
     w1 = opt.step(W0, DELTAS[0])
     # w[0]: m = 0.1*2 = 0.2, v = 0.01*4 = 0.04, step = 0.1 * 0.2 / (0.2 + 0.001)
     assert w1["w"][0].item() == pytest.approx(0.5 + 0.1 * 0.2 / 0.201, rel=1e-6)
@@ -176,7 +187,7 @@ def test_fedadam_first_step_by_hand():
 
 @pytest.mark.parametrize("lr, b1, b2, tau", [(0.1, 0.9, 0.99, 1e-3), (1.0, 0.5, 0.9, 0.1), (0.01, 0.0, 0.0, 1e-2)])
 def test_fedadam_trajectory_and_moments(lr, b1, b2, tau):
-    opt = ServerOptimizer("fedadam", lr=lr, beta1=b1, beta2=b2, tau=tau)
+    opt = make_optimizer("fedadam", lr=lr, beta1=b1, beta2=b2, tau=tau)
     w = W0
     for d, (want_w, want_m, want_v) in zip(DELTAS, reference_fedadam(W0, DELTAS, lr, b1, b2, tau)):
         w = opt.step(w, d)
@@ -188,22 +199,22 @@ def test_fedadam_trajectory_and_moments(lr, b1, b2, tau):
 
 def test_fedadam_restored_moments_continue_the_same_trajectory():
     """What a checkpoint relies on: a new optimizer given the saved state takes the same next step."""
-    a = ServerOptimizer("fedadam", lr=0.1)
+    a = make_optimizer("fedadam", lr=0.1)
     w = a.step(W0, DELTAS[0])
     w = a.step(w, DELTAS[1])
-    b = ServerOptimizer("fedadam", lr=0.1, state={n: {k: v.clone() for k, v in s.items()} for n, s in a.state.items()})
+    b = make_optimizer("fedadam", lr=0.1, state={n: {k: v.clone() for k, v in s.items()} for n, s in a.state.items()})
     assert scalars(a.step(w, DELTAS[2])) == scalars(b.step(w, DELTAS[2]))
-    fresh = ServerOptimizer("fedadam", lr=0.1).step(w, DELTAS[2])
+    fresh = make_optimizer("fedadam", lr=0.1).step(w, DELTAS[2])
     assert scalars(fresh) != scalars(b.step(w, DELTAS[2]))  # the moments matter
 
 
 def test_unequal_counts_end_to_end_one_round():
     """Aggregate three unequal clients, then FedAvgM with server-lr 0.5: hand values."""
-    opt = ServerOptimizer("fedavgm", lr=0.5, momentum=0.9)
+    opt = make_optimizer("fedavgm", lr=0.5, momentum=0.9)
     w = opt.step({"w": t(0.0, 0.0), "b": t(1.0)}, weighted_mean(UPDATES, COUNTS))
     close(w, {"w": [0.2, 1.1], "b": [0.0]})
 
 
 def test_unknown_optimizer_is_an_error():
     with pytest.raises(ValueError, match="unknown server optimizer 'sgd'"):
-        ServerOptimizer("sgd").step(W0, DELTAS[0])
+        make_optimizer("sgd", lr=1.0)

@@ -371,7 +371,7 @@ def test_readme_quickstart_command_runs_and_cleans_up(tmp_path):
         lines = proc.stdout.splitlines()
         assert lines[-1].startswith("stc: final acc") and "not reached" in lines[-1]
         assert any(re.search(r"\[fedsqueeze\] round 1: .*\[1/1 rounds, \S+ elapsed, last round\]", ln) for ln in lines)
-        assert any("[fedsqueeze] data: MNIST" in ln for ln in lines)
+        assert any("[fedsqueeze] data: mnist " in ln for ln in lines)
         for noise in ("default simulated SuperNodes changed", "Manually terminating", "KernelPreference",
                       "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"):
             assert noise not in proc.stdout + proc.stderr, noise

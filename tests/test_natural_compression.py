@@ -257,7 +257,10 @@ def test_flwr_run_federation_ledger_is_exact(natural, tmp_path):
     assert all(int(r["uplink_payload_bytes"]) > 0 for r in flwr_rows[1:])
 
     # The same federation with every message recorded: its ledger is the re-serialized messages, byte for byte...
-    _, grid = run_inprocess(FEDERATION, tmp_path / "inprocess", num_supernodes=4)
+    # simulations.run gives the clients a state directory (exact resume), which travels in every train
+    # instruction: the same one here, so that the messages are the same size
+    state_dir = {"client-state-dir": summary["config"]["client-state-dir"]}
+    _, grid = run_inprocess({**FEDERATION, **state_dir}, tmp_path / "inprocess", num_supernodes=4)
     rows = read_rows(tmp_path / "inprocess")
     recomputed = per_round_bytes(grid)
     assert [int(r["round"]) for r in rows] == [0, 1, 2]

@@ -20,6 +20,7 @@ other torch versions; re-export from the float checkpoint when upgrading.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -31,11 +32,13 @@ from .quantize import export_module
 __all__ = ["save_artifact", "load_artifact", "file_size"]
 
 
-def save_artifact(model: nn.Module, path: str | os.PathLike) -> Path:
+def save_artifact(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int] | None = None) -> Path:
     """Export ``model`` (dynamic batch) and write it to ``path`` (``.pt2``).
 
     The model is not mutated. Parent directories are created. The example
-    input stored in the archive is two zero images (6 KB), not real data.
+    input stored in the archive is two zero images (6 KB on MNIST), not real
+    data, of ``input_shape`` (one example; default the dataset the model was
+    exported for, else :func:`~fedsqueeze.modelzip.quantize.default_input_shape`).
 
     Returns
     -------
@@ -47,7 +50,7 @@ def save_artifact(model: nn.Module, path: str | os.PathLike) -> Path:
         raise ValueError(f"save_artifact writes .pt2 archives, got {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        program = export_module(model)
+        program = export_module(model, input_shape=input_shape)
     torch.export.save(program, path)
     return path
 

@@ -15,7 +15,7 @@ from torch import nn
 from fedsqueeze.train import evaluate, train
 
 from .export import file_size, load_artifact, save_artifact
-from .quantize import INPUT_SHAPE, is_pt2e_int8, lower_int8_x86
+from .quantize import default_input_shape, is_pt2e_int8, lower_int8_x86
 
 __all__ = [
     "count_nonzero",
@@ -68,7 +68,7 @@ def latency_ms(model: nn.Module, batch: int, repeats: int = 50, warmup: int = 5,
     stages and not disturbed by other jobs competing for the cores. Inputs
     are ``x[:batch]`` (copied) or random images. The model is not mutated.
     """
-    xb = (x[:batch].clone() if x is not None else torch.randn(batch, *INPUT_SHAPE))
+    xb = (x[:batch].clone() if x is not None else torch.randn(batch, *default_input_shape()))
     if len(xb) != batch:
         raise ValueError(f"need {batch} inputs, got {len(xb)}")
     times = []
@@ -99,6 +99,7 @@ def stage_report(
     y_test: torch.Tensor,
     path: str | os.PathLike,
     repeats: int = 50,
+    device: torch.device | str | None = None,
 ) -> dict:
     """Save ``model`` to ``path`` (.pt2), reload it, and measure the reloaded artifact.
 
@@ -114,6 +115,11 @@ def stage_report(
         Where the artifact is written (overwritten).
     repeats : int
         Timed forward passes per latency (median reported).
+    device : torch.device or str, optional
+        Where ``accuracy`` of a plain float model is measured (default: where it is).
+        Quantized models, the reloaded artifact and every latency stay on the CPU:
+        they measure the CPU deployment artifact (oneDNN int8 kernels, one thread),
+        so on a GPU ``accuracy`` and ``reloaded_accuracy`` may differ in the last digits.
 
     Returns
     -------
@@ -124,8 +130,8 @@ def stage_report(
         artifact, one thread; int8 graphs lowered onto oneDNN int8 kernels),
         ``latency_b64_asloaded_ms`` (the artifact run as loaded), ``executor``.
     """
-    _, accuracy = evaluate(model, x_test, y_test)
-    save_artifact(model, path)
+    _, accuracy = evaluate(model, x_test, y_test, device=device if _plain_float(model) else None)
+    save_artifact(model, path, input_shape=tuple(x_test.shape[1:]))
     reloaded = load_artifact(path)
     _, reloaded_accuracy = evaluate(reloaded, x_test, y_test)
     fast64, executor = _runner(reloaded, 64)
@@ -141,6 +147,13 @@ def stage_report(
         "latency_b64_asloaded_ms": latency_ms(reloaded, 64, repeats, x=x_test),
         "executor": executor,
     }
+
+
+def _plain_float(model: nn.Module) -> bool:
+    """True if every tensor of ``model`` is an ordinary float tensor (safe to move to another device)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return not is_pt2e_int8(model) and all(type(t) in (torch.Tensor, nn.Parameter) and t.is_floating_point()
+                                           for t in tensors)
 
 
 def markdown_table(rows: Sequence[Mapping]) -> str:

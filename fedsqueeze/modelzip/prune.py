@@ -216,7 +216,7 @@ def taylor_scores(
         parameters nor their ``.grad`` fields change. Its train/eval mode is
         left as is.
     x, y : Tensor
-        Calibration inputs ``(N, 1, 28, 28)`` and integer labels.
+        Calibration inputs ``(N, *input_shape)`` and integer labels.
     batch_size : int
         Batch size of the loss whose gradient is taken.
     params : sequence of str, optional

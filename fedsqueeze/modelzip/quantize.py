@@ -43,7 +43,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 
 __all__ = [
     "Ranges",
-    "INPUT_SHAPE",
+    "default_input_shape",
     "export_module",
     "observe_ranges",
     "merge_ranges",
@@ -59,8 +59,15 @@ __all__ = [
 #: Per activation observer: ``(min, max)`` seen during calibration.
 Ranges = dict[str, tuple[float, float]]
 
-#: One MNIST image as the models expect it; the batch dimension is dynamic.
-INPUT_SHAPE = (1, 28, 28)
+def default_input_shape() -> tuple[int, ...]:
+    """One example of the default dataset (MNIST: ``(1, 28, 28)``), for callers that give no shape.
+
+    The federation always passes its dataset's shape; this default serves
+    direct use of the toolbox on the built-in models.
+    """
+    from fedsqueeze.datasets import DEFAULT_DATASET, get_dataset
+
+    return tuple(get_dataset(DEFAULT_DATASET).input_shape)
 
 # Same eps as the X86 default config (keeps scales of tiny ranges sane).
 _ACT_EPS = 2**-12
@@ -78,14 +85,23 @@ def _prepare(graph: torch.fx.GraphModule, quantizer: X86InductorQuantizer, qat: 
     return prepared
 
 
-def _example(batch: int = 2, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _example(batch: int = 2, dtype: torch.dtype = torch.float32,
+             input_shape: Sequence[int] | None = None) -> torch.Tensor:
     # Batch 2, not 1: export specializes size-1 dims, which would pin the batch.
-    return torch.zeros((batch, *INPUT_SHAPE), dtype=dtype)
+    shape = tuple(input_shape) if input_shape is not None else default_input_shape()
+    return torch.zeros((batch, *shape), dtype=dtype)
 
 
-def export_module(model: nn.Module, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
-    """``torch.export`` the model with a dynamic batch dimension (model not mutated)."""
-    example = _example() if example is None else example
+def export_module(model: nn.Module, example: torch.Tensor | None = None,
+                  input_shape: Sequence[int] | None = None) -> torch.export.ExportedProgram:
+    """``torch.export`` the model with a dynamic batch dimension (model not mutated).
+
+    The example input is ``example``, else zeros of one example of ``input_shape``
+    (default :func:`default_input_shape`).
+    """
+    if example is None and input_shape is None and isinstance(model, torch.fx.GraphModule):
+        input_shape = _graph_input_shape(model)  # a graph already exported (int8, QAT) knows its input
+    example = _example(input_shape=input_shape) if example is None else example
     batch = torch.export.Dim("batch", min=1)
     return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 
@@ -102,9 +118,10 @@ def _static_quantizer(is_qat: bool) -> X86InductorQuantizer:
     return quantizer
 
 
-def _prepare_static(model: nn.Module) -> torch.fx.GraphModule:
+def _prepare_static(model: nn.Module, input_shape: Sequence[int] | None) -> torch.fx.GraphModule:
     model = copy.deepcopy(model).eval()  # the exported graph may share parameter storage with its source
-    return _prepare(export_module(model).module(), _static_quantizer(is_qat=False), qat=False)
+    return _prepare(export_module(model, input_shape=input_shape).module(), _static_quantizer(is_qat=False),
+                    qat=False)
 
 
 def _activation_observers(prepared: torch.fx.GraphModule) -> dict[str, MinMaxObserver]:
@@ -136,7 +153,7 @@ def observe_ranges(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) ->
     model : nn.Module
         Float model; not mutated (a copy is exported and observed).
     x : Tensor
-        Calibration inputs ``(N, 1, 28, 28)``, N >= 1.
+        Calibration inputs ``(N, *input_shape)``, N >= 1.
     batch_size : int
         Forward batch size (memory only; min/max do not depend on it).
 
@@ -147,7 +164,7 @@ def observe_ranges(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) ->
     """
     if len(x) == 0:
         raise ValueError("observe_ranges: no calibration data")
-    prepared = _prepare_static(model)
+    prepared = _prepare_static(model, tuple(x.shape[1:]))
     with torch.no_grad():
         for lo in range(0, len(x), batch_size):
             prepared(x[lo : lo + batch_size])
@@ -195,7 +212,8 @@ def _finish_convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return converted
 
 
-def quantize_static_int8(model: nn.Module, calibration: Mapping[str, tuple[float, float]] | torch.Tensor) -> torch.fx.GraphModule:
+def quantize_static_int8(model: nn.Module, calibration: Mapping[str, tuple[float, float]] | torch.Tensor,
+                         input_shape: Sequence[int] | None = None) -> torch.fx.GraphModule:
     """Static int8 model: int8 per-channel weights, uint8 per-tensor activations.
 
     Parameters
@@ -205,6 +223,9 @@ def quantize_static_int8(model: nn.Module, calibration: Mapping[str, tuple[float
     calibration : Ranges or Tensor
         Either activation ranges (from :func:`observe_ranges`, possibly merged
         over clients) or calibration inputs, observed here.
+    input_shape : sequence of int, optional
+        One input example's shape; default the calibration inputs' shape, else
+        :func:`default_input_shape`.
 
     Returns
     -------
@@ -218,12 +239,16 @@ def quantize_static_int8(model: nn.Module, calibration: Mapping[str, tuple[float
     KeyError
         If ``calibration`` lacks a range the graph needs.
     """
-    ranges = observe_ranges(model, calibration) if isinstance(calibration, torch.Tensor) else dict(calibration)
-    prepared = _prepare_static(model)
+    if isinstance(calibration, torch.Tensor):
+        ranges = observe_ranges(model, calibration)
+        input_shape = tuple(calibration.shape[1:]) if input_shape is None else input_shape
+    else:
+        ranges = dict(calibration)
+    prepared = _prepare_static(model, input_shape)
     with torch.no_grad():
         # Weight observers only see the weights during a forward pass; the
         # activation ranges this pass records are overwritten just below.
-        prepared(_example(1))
+        prepared(_example(1, input_shape=input_shape))
     observers = _activation_observers(prepared)
     missing = set(observers) - set(ranges)
     if missing:
@@ -247,15 +272,16 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     return quantized
 
 
-def prepare_qat(model: nn.Module) -> torch.fx.GraphModule:
+def prepare_qat(model: nn.Module, input_shape: Sequence[int] | None = None) -> torch.fx.GraphModule:
     """Trainable copy of ``model`` with fake quantization (PT2E QAT, X86 int8 scheme).
 
     Train it with ``fedsqueeze.train.train`` (masks work: parameter names such
     as ``conv1.weight`` are preserved), then call :func:`convert_qat`.
+    ``input_shape`` is one example's shape (default :func:`default_input_shape`).
     The input model is not mutated.
     """
     model = copy.deepcopy(model).train()
-    return _prepare(export_module(model).module(), _static_quantizer(is_qat=True), qat=True)
+    return _prepare(export_module(model, input_shape=input_shape).module(), _static_quantizer(is_qat=True), qat=True)
 
 
 def convert_qat(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -308,9 +334,20 @@ def lower_int8_x86(model: torch.fx.GraphModule, batch: int) -> torch.fx.GraphMod
     ``model`` is not mutated.
     """
     with torch.no_grad():
-        lowered = lower_pt2e_quantized_to_x86(model, (_example(batch),))
+        lowered = lower_pt2e_quantized_to_x86(model, (_example(batch, input_shape=_graph_input_shape(model)),))
     for node in lowered.graph.nodes:
         if node.op == "call_function" and node.target == torch.ops.aten.view.default:
             node.target = torch.ops.aten.reshape.default
     lowered.recompile()
     return lowered
+
+
+def _graph_input_shape(model: torch.fx.GraphModule) -> tuple[int, ...] | None:
+    """One example's shape as recorded when ``model`` was exported (``None`` if the graph does not say)."""
+    for node in model.graph.nodes:
+        if node.op == "placeholder":
+            val = node.meta.get("val")
+            if val is not None and hasattr(val, "shape") and len(val.shape) >= 2:
+                return tuple(int(d) for d in val.shape[1:])
+            return None
+    return None

@@ -10,10 +10,11 @@ that reads them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from fedsqueeze.protocol.records import from_record, to_record
+from fedsqueeze.datasets import DEFAULT_DATASET
+from fedsqueeze.protocol.records import OMIT_DEFAULT, from_record, to_record
 
 __all__ = ["FULL_MODEL", "TrainInstruction", "StageQuery", "STAGE_OPS", "ranges_to_metrics", "metrics_to_ranges",
            "NUM_EXAMPLES", "TRAIN_LOSS", "REL_DISTORTION", "TRAIN_S", "ENCODE_S", "PARTITION_ID", "NUM_PARTITIONS"]
@@ -59,7 +60,10 @@ class TrainInstruction:
     bf16_autocast: bool = False
     qat: bool = False  # train the fake-quantized (int8 QAT) graph of the received model
     catchup: bool = False  # delta downlink: one accumulated update from base to target, not a chain
-    state_dir: str = ""  # where the client saves its state for an exact resume ('' = memory only)
+    # Keys added later are sent only when not at their default, so existing runs keep their message bytes.
+    state_dir: str = field(default="", metadata=OMIT_DEFAULT)  # exact resume: where the client saves its state
+    dataset: str = field(default=DEFAULT_DATASET, metadata=OMIT_DEFAULT)  # fedsqueeze.datasets
+    device: str = field(default="cpu", metadata=OMIT_DEFAULT)  # fedsqueeze.device
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrainInstruction:
@@ -83,6 +87,8 @@ class StageQuery:
     shards_per_client: int
     data_dir: str
     calibration_images: int
+    dataset: str = field(default=DEFAULT_DATASET, metadata=OMIT_DEFAULT)
+    device: str = field(default="cpu", metadata=OMIT_DEFAULT)  # Taylor scores; calibration observes on the CPU
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> StageQuery:
