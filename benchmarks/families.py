@@ -106,6 +106,15 @@ def _fmt(v: object, digits: int = 3) -> str:
     return str(v)
 
 
+def build_longer(runs: Path = HERE / "runs") -> list[dict[str, object]]:
+    """Rows for the extra runs in ``runs/`` (ids ending in ``__long``), each over its own budget."""
+    rows = []
+    for d in sorted(runs.glob("*__long")):
+        if (d / "summary.json").exists():
+            rows.append(summarize(d.name.split("__")[0], d, None))
+    return rows
+
+
 def build(runs: Path = HERE / "runs") -> list[dict[str, object]]:
     """Rows for every family run present, then the baselines cut to the families' budget."""
     rows = []
@@ -121,7 +130,26 @@ def build(runs: Path = HERE / "runs") -> list[dict[str, object]]:
     return rows
 
 
-def write(rows: list[dict[str, object]], out: Path = HERE) -> None:
+def _table(rows: list[dict[str, object]]) -> list[str]:
+    lines = [
+        "| preset | uplink pipeline | bits/param up | rel. distortion | acc @ budget | best | "
+        + " | ".join(f"{t:.2f}: round / up MB / total MB" for t in TARGETS)
+        + " | up MB @ budget | total MB @ budget | full run: round to 0.99 |",
+        "|---|---|---:|---:|---:|---:|" + "---|" * len(TARGETS) + "---:|---:|---:|",
+    ]
+    for r in rows:
+        cells = [f"{_fmt(r[f'round@{t}'])} / {_fmt(r[f'uplink_MB@{t}'])} / {_fmt(r[f'total_MB@{t}'])}"
+                 if r[f"round@{t}"] is not None else "not reached" for t in TARGETS]
+        full = (f"{r['full_run_round@0.99']} (of {r['full_run_rounds']})" if r["full_run_round@0.99"]
+                else f"not in {r['full_run_rounds']}")
+        lines.append(f"| {r['preset']} | `{r['uplink']}` | {_fmt(r['bits_per_param'])} | "
+                     f"{_fmt(r['rel_distortion'])} | {r['final_acc']:.4f} | {r['best_acc']:.4f} | "
+                     + " | ".join(cells)
+                     + f" | {_fmt(r['uplink_MB'])} | {_fmt(r['total_MB'])} | {full} |")
+    return lines
+
+
+def write(rows: list[dict[str, object]], out: Path = HERE, longer: list[dict[str, object]] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     keys = list(rows[0]) if rows else []
     with open(out / "table.csv", "w", newline="") as fh:
@@ -138,20 +166,11 @@ def write(rows: list[dict[str, object]], out: Path = HERE) -> None:
         "benchmark's seed-0 runs cut to the same rounds; their rounds to 99 % over the full run are in the "
         "last column. MB = 10⁶ bytes of Flower messages (uplink: client replies; total: both directions), as "
         "the ledger counts them."), "",
-        "| preset | uplink pipeline | bits/param up | rel. distortion | acc @ budget | best | "
-        + " | ".join(f"{t:.2f}: round / up MB / total MB" for t in TARGETS)
-        + " | up MB @ budget | total MB @ budget | full run: round to 0.99 |",
-        "|---|---|---:|---:|---:|---:|" + "---|" * len(TARGETS) + "---:|---:|---:|",
     ]
-    for r in rows:
-        cells = [f"{_fmt(r[f'round@{t}'])} / {_fmt(r[f'uplink_MB@{t}'])} / {_fmt(r[f'total_MB@{t}'])}"
-                 if r[f"round@{t}"] is not None else "not reached" for t in TARGETS]
-        full = (f"{r['full_run_round@0.99']} (of {r['full_run_rounds']})" if r["full_run_round@0.99"]
-                else f"not in {r['full_run_rounds']}")
-        lines.append(f"| {r['preset']} | `{r['uplink']}` | {_fmt(r['bits_per_param'])} | "
-                     f"{_fmt(r['rel_distortion'])} | {r['final_acc']:.4f} | {r['best_acc']:.4f} | "
-                     + " | ".join(cells)
-                     + f" | {_fmt(r['uplink_MB'])} | {_fmt(r['total_MB'])} | {full} |")
+    lines += _table(rows)
+    if longer:
+        lines += ["", "## Longer runs (each over its own budget, same setting, stopping at 99 %)", ""]
+        lines += _table(longer)
     (out / "table.md").write_text("\n".join(lines) + "\n")
 
 
@@ -163,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.collect:
         log.info("collected: %s", ", ".join(collect(Path(args.collect))) or "nothing")
     rows = build()
-    write(rows)
+    write(rows, longer=build_longer())
     log.info("families: %d rows -> %s", len(rows), HERE / "table.md")
     return 0
 
