@@ -269,7 +269,7 @@ def main() -> None:
             steady, times = steady[:-1], times[:-1]
         med = statistics.median(times[1:] if len(times) > 1 else times)
 
-        def col(name: str) -> float:
+        def col(name: str, steady: list = steady) -> float:
             return statistics.median(float(row[name]) for row in steady) if steady and steady[0].get(name) \
                 else float("nan")
 

@@ -225,7 +225,7 @@ def report(baseline: Run, runs: Sequence[Run], specs: Sequence[str], targets: Se
     n = num_partitions(every)
     results: dict[str, Any] = {"baseline": baseline.name, "num_clients": n, "seed": seed, "compute": compute,
                                "sets": {}}
-    md = [f"# Simulated time to accuracy\n",
+    md = ["# Simulated time to accuracy\n",
           f"Replayed with `fedsqueeze.netsim` (docs/network.md): profiles of partitions 0..{n - 1}, seed {seed}, "
           f"compute `{compute}`"
           + ("" if compute != "flops" else ", FLOPs per example: "

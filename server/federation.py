@@ -221,7 +221,10 @@ def _instruction(run: _Run, round_: int, bc: Broadcast, inject: str, mode: Round
     )
 
 
-def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode: RoundMode = RoundMode(),
+_TRAIN = RoundMode()  # frozen: one shared default
+
+
+def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode: RoundMode = _TRAIN,
                  evaluate_model: bool = True) -> RoundRow:
     cfg = run.cfg
     t0 = time.perf_counter()

@@ -11,7 +11,6 @@ the quick loop, and every message is recorded, so the aggregation can be recompu
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
