@@ -202,7 +202,7 @@ class FetchSGDAggregator:
 
         spec, blocks = read_blocks(payload, expected=self.shapes)
         out = {}
-        for info, layout, r in blocks:
+        for info, _layout, r in blocks:  # the layouts were checked when the payload was screened
             if info.name in self.sketched:
                 out[info.name] = read_table(r, info.numel, rows=spec.get("rows"), size=spec.get("sketch-size"))
             else:

@@ -56,7 +56,10 @@ class Setting:
 
 def _settings() -> list[Setting]:
     out: list[Setting] = []
-    add = lambda fam, lab, spec: out.append(Setting(fam, lab, spec))
+
+    def add(fam: str, lab: str, spec: str) -> None:
+        out.append(Setting(fam, lab, spec))
+
     for k in (0.001, 0.01, 0.05, 0.2):
         add("topk (fp32 values)", f"keep={k}", f"prune=topk,keep={k}")
     for k in (0.001, 0.01, 0.05, 0.2):

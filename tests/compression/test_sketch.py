@@ -178,7 +178,10 @@ def test_federation_resume_keeps_sketch_state(tmp_path):
     for ra, rb in zip(rows_a, rows_b):
         for key in ("test_accuracy", "test_loss", "uplink_bytes", "uplink_payload_bytes", "applied"):
             assert ra[key] == rb[key], (ra["round"], key)
-    c = lambda out: RunConfig.from_mapping({**cfg, "out-dir": str(out)}).to_mapping()
+
+    def c(out):
+        return RunConfig.from_mapping({**cfg, "out-dir": str(out)}).to_mapping()
+
     a, b = load_checkpoint(tmp_path / "whole", c(tmp_path / "whole")), load_checkpoint(tmp_path / "cut", c(tmp_path / "cut"))
     assert sorted(a.aggregator_state) == sorted(b.aggregator_state)
     assert {k.split("/")[0] for k in a.aggregator_state} == {"momentum", "error"}
