@@ -257,13 +257,19 @@ class Progress:
         self.total = cfg.num_server_rounds + stage_rounds
         self.clock = clock
         self.first: tuple[int, float] | None = None  # (round, time) of the first round line seen
+        #: The ServerApp's own ERROR lines: the reason a run failed, kept apart from
+        #: the output's tail, which Flower's traceback that follows can fill.
+        self.errors: list[str] = []
 
     def annotate(self, record: Mapping[str, Any]) -> str:
         """The human line of a log record (``[fedsqueeze] ...``, newline-terminated).
 
-        A round record gets ``[k/N rounds, elapsed, ETA]`` appended.
+        A round record gets ``[k/N rounds, elapsed, ETA]`` appended; an ERROR
+        record is also kept in :attr:`errors`.
         """
         line = render(record["level"], record["message"])
+        if record["level"] in ("ERROR", "CRITICAL"):
+            self.errors.append(line)
         if record.get("event") != "round" or not isinstance(record.get("round"), int):
             return line + "\n"
         round_, now = record["round"], self.clock()
@@ -377,7 +383,8 @@ def run_experiment(
     summary_path = out_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if summary.get("status") != "completed":
-        raise RunFailed(f"run did not complete (summary status {summary.get('status')!r}); last output:\n"
+        reason = "".join(f"\n{e}" for e in progress.errors)
+        raise RunFailed(f"run did not complete (summary status {summary.get('status')!r}){reason}\nlast output:\n"
                         + "\n".join(tail))
     if own_state_dir:  # only a resume reads them; up to 2 x (residual + model) per client
         shutil.rmtree(out_dir / CLIENT_STATE_DIR, ignore_errors=True)

@@ -434,6 +434,6 @@ def test_empty_data_dir_stops_the_run_with_the_reason(tmp_path):
     (tmp_path / "empty").mkdir()
     config = runner.resolve_overrides("stc", {"model": "seed-cnn", "num-server-rounds": 1, "local-epochs": 1,
                                               "data-dir": str(tmp_path / "empty")})
-    with pytest.raises(runner.RunFailed, match=r"\[fedsqueeze\] error: MNIST: data-dir .*empty is empty"):
+    with pytest.raises(runner.RunFailed, match=r"\[fedsqueeze\] ERROR: dataset 'mnist': data-dir .*empty is empty"):
         runner.run_experiment(config, tmp_path / "out", num_supernodes=4, quiet=True)
     assert not (tmp_path / "out" / "metrics.csv").exists()  # nothing ran on other data
