@@ -23,16 +23,16 @@ import argparse
 import csv
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
+
+from benchmarks.standard import copy_completed_runs
 
 log = logging.getLogger("families")
 
 ROOT = Path(__file__).resolve().parent
 HERE = ROOT / "families"
 STANDARD = ROOT / "standard" / "sweep" / "runs"
-LEDGER_FILES = ("metrics.csv", "clients.csv", "summary.json", "partitions.csv", "sweep_status.json")
 FAMILIES = ("drive", "eden-2bit", "powersgd-r2", "fetchsgd", "signsgd-ef")
 BASELINES = ("stc", "fedavg-fp32")
 TARGETS = (0.95, 0.97, 0.98, 0.99)
@@ -41,18 +41,7 @@ MB = 1e6
 
 def collect(source: Path, dest: Path = HERE / "runs") -> list[str]:
     """Copy every *completed* run's ledger files from a sweep folder; returns the ids copied."""
-    copied = []
-    for run_dir in sorted((Path(source) / "runs").iterdir()):
-        summary = run_dir / "summary.json"
-        if not summary.exists() or json.loads(summary.read_text()).get("status") != "completed":
-            continue
-        out = dest / run_dir.name
-        out.mkdir(parents=True, exist_ok=True)
-        for name in LEDGER_FILES:
-            if (run_dir / name).exists():
-                shutil.copy2(run_dir / name, out / name)
-        copied.append(run_dir.name)
-    return copied
+    return copy_completed_runs(Path(source) / "runs", dest)
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:

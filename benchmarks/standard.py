@@ -37,27 +37,31 @@ LEDGER_FILES = ("metrics.csv", "clients.csv", "summary.json", "partitions.csv", 
 TARGETS = (0.97, 0.98, 0.99)
 
 
-def collect(source: Path, dest: Path = SWEEP) -> list[str]:
-    """Copy the sweep description and every *completed* run's ledger files from ``source``.
+def copy_completed_runs(source_runs: Path, dest_runs: Path) -> list[str]:
+    """Copy the ledger files of every *completed* run folder in ``source_runs`` to ``dest_runs``.
 
     Returns the ids copied. Runs still in progress or failed are left out: a half-run
     ledger must never stand behind a table row.
     """
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("sweep.json",):
-        shutil.copy2(source / name, dest / name)
     copied = []
-    for run_dir in sorted((source / "runs").iterdir()):
+    for run_dir in sorted(Path(source_runs).iterdir()):
         summary = run_dir / "summary.json"
         if not summary.exists() or json.loads(summary.read_text()).get("status") != "completed":
             continue
-        target = dest / "runs" / run_dir.name
+        target = Path(dest_runs) / run_dir.name
         target.mkdir(parents=True, exist_ok=True)
         for name in LEDGER_FILES:
             if (run_dir / name).exists():
                 shutil.copy2(run_dir / name, target / name)
         copied.append(run_dir.name)
     return copied
+
+
+def collect(source: Path, dest: Path = SWEEP) -> list[str]:
+    """Copy the sweep description and every completed run's ledger files from ``source``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "sweep.json", dest / "sweep.json")
+    return copy_completed_runs(source / "runs", dest / "runs")
 
 
 def downlink_table(sweep: Path = SWEEP, partition: str = "iid", seed: int = 0) -> str:

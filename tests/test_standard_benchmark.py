@@ -39,3 +39,21 @@ def test_completed_runs_carry_their_whole_ledger():
         assert not (run_dir / "checkpoint").exists()
         done += 1
     assert done >= 1
+
+
+def test_only_completed_runs_are_copied(tmp_path):
+    """A half-run ledger must never stand behind a table row (standard and families benchmarks)."""
+    from benchmarks.families import collect as collect_families
+    from benchmarks.standard import copy_completed_runs
+
+    src = tmp_path / "sweep" / "runs"
+    for run, status in (("done", "completed"), ("midway", "running"), ("broken", None)):
+        (src / run).mkdir(parents=True)
+        (src / run / "metrics.csv").write_text("round\n0\n")
+        if status:
+            (src / run / "summary.json").write_text(json.dumps({"status": status}))
+    (src / "done" / "checkpoint").mkdir()  # not a ledger file: stays behind
+    assert copy_completed_runs(src, tmp_path / "a") == ["done"]
+    assert sorted(p.name for p in (tmp_path / "a" / "done").iterdir()) == ["metrics.csv", "summary.json"]
+    assert collect_families(tmp_path / "sweep", tmp_path / "b") == ["done"]
+    assert not (tmp_path / "b" / "midway").exists()
