@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsqueeze.config import ConfigError
+from simulations.run import CLIENT_STATE_DIR
 
 __all__ = [
     "Partition",
@@ -351,8 +353,9 @@ def config_differences(expected: Mapping[str, Any], recorded: Mapping[str, Any])
 
     Keys missing from either side take their current defaults.
 
-    ``out-dir`` and ``client-state-dir`` are where the run happened to write;
-    moving a sweep folder must not invalidate its results.
+    ``out-dir`` and ``client-state-dir`` are where the run happened to write,
+    and ``resume`` how it got there (an exact continuation, see
+    :func:`resumable`); moving a sweep folder must not invalidate its results.
     """
     from fedsqueeze.config import RunConfig
 
@@ -360,7 +363,7 @@ def config_differences(expected: Mapping[str, Any], recorded: Mapping[str, Any])
     # which by construction reproduces the behaviour before the key existed.
     defaults = RunConfig().to_mapping()
     expected, recorded = {**defaults, **expected}, {**defaults, **recorded}
-    keys = (set(expected) | set(recorded)) - {"out-dir", "client-state-dir"}
+    keys = (set(expected) | set(recorded)) - {"out-dir", "client-state-dir", "resume"}
     return sorted(k for k in keys if expected.get(k, "<unset>") != recorded.get(k, "<unset>"))
 
 
@@ -487,6 +490,21 @@ def _clear_partial(run_dir: Path) -> None:
     for name in ("metrics.csv", "summary.json", "error.txt"):
         with contextlib.suppress(FileNotFoundError):
             (run_dir / name).unlink()
+    shutil.rmtree(run_dir / CLIENT_STATE_DIR, ignore_errors=True)  # a fresh start never reads it
+
+
+def resumable(run_dir: Path) -> bool:
+    """Whether an interrupted run can continue exactly where it stopped.
+
+    It can when the server left a checkpoint and the clients their saved state
+    (``simulations.run`` gives them ``<run>/client-state``, see
+    :mod:`client.state_store`): the continued run then has the same payload
+    bytes and accuracies as an uninterrupted one, so hours of a long run are
+    not redone. Without client state a continuation would drift (error-feedback
+    residuals restart from zero), so such a run starts again from scratch.
+    """
+    checkpoint = any((run_dir / d / "state.json").is_file() for d in ("checkpoint", ".checkpoint.old"))
+    return checkpoint and (run_dir / CLIENT_STATE_DIR).is_dir()
 
 
 # ---------------------------------------------------------------- progress
@@ -660,6 +678,10 @@ def _execute(k: int, run: RunSpec, sweep_dir: Path, state: RunState, runner: Run
     if state.status == "stale":
         moved = _set_aside(run_dir)
         echo(f"[{k}/{progress.total}] {run.id}: {state.error}; old results moved to {moved.name}, re-running")
+    resume = state.status == "interrupted" and resumable(run_dir)
+    if resume:
+        echo(f"[{k}/{progress.total}] {run.id}: previous attempt interrupted; continuing exactly from its "
+             "checkpoint and client states")
     elif state.status in ("interrupted", "failed"):
         echo(f"[{k}/{progress.total}] {run.id}: previous attempt {state.status}; re-running from scratch")
         _clear_partial(run_dir)
@@ -670,7 +692,8 @@ def _execute(k: int, run: RunSpec, sweep_dir: Path, state: RunState, runner: Run
     _write_status(run_dir, status="running", started_at=started_at)
     try:
         with progress.watch(k, run, run_dir, started):
-            runner(dict(run.config), run_dir, num_supernodes=run.num_supernodes, quiet=quiet)
+            runner({**run.config, "resume": True} if resume else dict(run.config), run_dir,
+                   num_supernodes=run.num_supernodes, quiet=quiet)
     except KeyboardInterrupt:
         _write_status(run_dir, status="interrupted", started_at=started_at, error="interrupted by the user")
         echo(f"[{k}/{progress.total}] {run.id}: interrupted; re-run the sweep to resume")

@@ -314,12 +314,13 @@ def test_a_live_running_run_is_not_started_twice(tmp_path):
     assert sw.run_state(run_dir, sw.expand(spec)[0]).status == "interrupted"
 
 
-def test_config_differences_ignore_out_dir():
+def test_config_differences_ignore_where_and_how_a_run_was_written():
     assert sw.config_differences({"lr": 0.1, "out-dir": ""}, {"lr": 0.1, "out-dir": "/x"}) == []
+    assert sw.config_differences({"lr": 0.1}, {"lr": 0.1, "client-state-dir": "/x/client-state", "resume": True}) == []
     assert sw.config_differences({"lr": 0.1}, {"lr": 0.2, "seed": 1}) == ["lr", "seed"]
     # a run recorded before a key existed: the key counts at its default, and only then
-    assert sw.config_differences({"lr": 0.1, "resume": False}, {"lr": 0.1}) == []
-    assert sw.config_differences({"lr": 0.1, "resume": True}, {"lr": 0.1}) == ["resume"]
+    assert sw.config_differences({"lr": 0.1, "bf16-autocast": False}, {"lr": 0.1}) == []
+    assert sw.config_differences({"lr": 0.1, "bf16-autocast": True}, {"lr": 0.1}) == ["bf16-autocast"]
 
 
 def test_eta_uses_the_median_of_completed_durations():
