@@ -57,3 +57,46 @@ def test_only_completed_runs_are_copied(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a" / "done").iterdir()) == ["metrics.csv", "summary.json"]
     assert collect_families(tmp_path / "sweep", tmp_path / "b") == ["done"]
     assert not (tmp_path / "b" / "midway").exists()
+
+
+def test_readme_headline_is_generated_from_the_committed_ledgers():
+    from benchmarks.standard import README, headline
+
+    res = report.load_results(SWEEP)
+    block = headline(res, report.target_table(res, TARGETS))
+    assert block in README.read_text(), "README headline is stale: run python -m benchmarks.standard"
+
+
+def _goal_rows(best: dict, base: dict) -> pd.DataFrame:
+    rows = []
+    for preset, values in (("stc-p400", best), ("fedavg-fp32", base)):
+        rows.append({"preset": preset, "runs_expected": 3, "runs_completed": 3, "runs_reached": 3,
+                     "uplink_factor": 1.0, "total_factor": 1.0, **values})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(("best", "base", "verdict"), [
+    ({"uplink_factor": 510.0, "total_factor": 160.0}, {}, "**met** (×510 uplink, ×160 total)"),
+    ({"uplink_factor": 510.0, "total_factor": 149.0}, {}, "**not met** (×510 uplink, ×149 total)"),
+    ({"runs_reached": 2, "uplink_factor": 900.0, "total_factor": 900.0}, {},
+     "**not met**: 1 of its completed seeds did not reach the target"),
+    ({"runs_completed": 2, "runs_reached": 2, "uplink_factor": 900.0, "total_factor": 900.0}, {},
+     "**open**: 2 of 3 seeds reached so far (×900 uplink, ×900 total)"),
+    ({"uplink_factor": 900.0, "total_factor": 900.0}, {"runs_completed": 2, "runs_reached": 2}, "**open**"),
+])
+def test_goal_is_met_only_on_every_seed_of_both_presets(best, base, verdict):
+    from benchmarks.standard import _verdict
+
+    assert _verdict(_goal_rows(best, base), 500.0, 150.0).startswith(verdict)
+
+
+def test_update_readme_replaces_only_the_block(tmp_path):
+    from benchmarks.standard import README_BEGIN, README_END, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold\n{README_END}\noutro\n")
+    update_readme(f"{README_BEGIN}\nnew\n{README_END}", readme)
+    assert readme.read_text() == f"intro\n{README_BEGIN}\nnew\n{README_END}\noutro\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no .* block"):
+        update_readme("x", readme)
