@@ -141,3 +141,31 @@ def test_catchup_in_a_federation(tmp_path):
         if c["downlink_kind"] == CATCHUP:  # one payload spanning every missed version
             assert int(c["target_version"]) - int(c["base_version"]) >= 2
     assert float(rows[-1]["test_accuracy"]) > float(rows[0]["test_accuracy"]) + 0.3
+
+
+def test_union_catchup_of_the_bundled_preset_is_nearly_exact_and_far_below_the_chain():
+    """stc-p400-union: the whole support of the missed deltas, 8-level k-means values.
+
+    Consecutive sparse deltas with server error feedback overlap, so their union costs less than
+    the chain; 8 levels fit the few distinct sums of per-round ternary values.
+    """
+    from fedsqueeze.config import load_preset
+
+    spec = load_preset("stc-p400-union")["downlink-catchup"]
+    ws = walk(21)
+    bc = broadcaster(spec, w0=ws[0])
+    bc.advance(ws[1], 1)
+    held = apply(ws[0], bc.for_node(7).payloads)
+    bc.confirm(7, True)
+    for r in range(2, 22):  # node 7 misses 20 rounds
+        bc.advance(ws[r], r)
+    got = bc.for_node(7)
+    chain_bytes = sum(map(len, bc.history[1:]))
+    assert got.kind == CATCHUP and len(got.payloads[0]) * 3 < chain_bytes
+    missed = {k: bc.broadcast[k] - held[k] for k in SHAPES}
+    held = apply(held, got.payloads)
+    bc.confirm(7, True)
+    left = sum(float(((bc.broadcast[k] - held[k]) ** 2).sum()) for k in SHAPES)
+    assert left < 0.02 * sum(float((missed[k] ** 2).sum()) for k in SHAPES)
+    for k in SHAPES:  # what it leaves is its error, sent with its next catch-up
+        torch.testing.assert_close(held[k] + bc.node_error[7][k], bc.broadcast[k], rtol=0, atol=1e-5)
