@@ -68,10 +68,32 @@ def copy_completed_runs(source_runs: Path, dest_runs: Path) -> list[str]:
     return copied
 
 
+def merge_meta(old: dict, new: dict) -> dict:
+    """``new``'s sweep description, keeping the presets and runs of ``old`` that ``new`` lacks.
+
+    The grid may be run from several output folders (say a preset added later runs into its
+    own); collecting one must not drop the runs another brought. Different sweeps: ``new``.
+    """
+    if old.get("name") != new.get("name"):
+        return new
+    ids = {r["id"] for r in new["runs"]}
+    presets = list(dict.fromkeys([*old["presets"], *new["presets"]]))
+    runs = [r for r in old["runs"] if r["id"] not in ids] + new["runs"]
+    # the sweep's own order (seed, then partition, then preset), so tables list presets as before
+    labels = [p.get("label") for p in new.get("partitions", [])]
+    rank = {v: i for i, v in enumerate(labels)}
+    runs.sort(key=lambda r: (r.get("seed", 0), rank.get(r.get("partition"), len(rank)),
+                             presets.index(r["preset"]) if r.get("preset") in presets else len(presets)))
+    return {**new, "presets": presets, "runs": runs}
+
+
 def collect(source: Path, dest: Path = SWEEP) -> list[str]:
-    """Copy the sweep description and every completed run's ledger files from ``source``."""
+    """Merge the sweep description (:func:`merge_meta`) and copy every completed run's ledger files from ``source``."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(source / "sweep.json", dest / "sweep.json")
+    meta = json.loads((source / "sweep.json").read_text())
+    if (dest / "sweep.json").exists():
+        meta = merge_meta(json.loads((dest / "sweep.json").read_text()), meta)
+    (dest / "sweep.json").write_text(json.dumps(meta, indent=2) + "\n")
     return copy_completed_runs(source / "runs", dest / "runs")
 
 

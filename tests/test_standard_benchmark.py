@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -57,6 +58,32 @@ def test_only_completed_runs_are_copied(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a" / "done").iterdir()) == ["metrics.csv", "summary.json"]
     assert collect_families(tmp_path / "sweep", tmp_path / "b") == ["done"]
     assert not (tmp_path / "b" / "midway").exists()
+
+
+def test_collecting_a_second_folder_keeps_the_runs_the_first_brought(tmp_path):
+    """A preset run into its own folder, then the rest of the grid: both stay in sweep.json."""
+    from benchmarks.standard import collect
+
+    def sweep(folder: str, presets: list[str]) -> Path:
+        src = tmp_path / folder
+        runs = [{"id": f"{p}__iid__seed0", "preset": p} for p in presets]
+        (src / "runs").mkdir(parents=True)
+        (src / "sweep.json").write_text(json.dumps({"name": "standard", "presets": presets, "runs": runs}))
+        for r in runs:
+            (src / "runs" / r["id"]).mkdir()
+            (src / "runs" / r["id"] / "summary.json").write_text(json.dumps({"status": "completed"}))
+        return src
+
+    dest = tmp_path / "dest"
+    assert collect(sweep("extra", ["a", "new"]), dest) == ["a__iid__seed0", "new__iid__seed0"]
+    assert collect(sweep("grid", ["a", "b"]), dest) == ["a__iid__seed0", "b__iid__seed0"]
+    meta = json.loads((dest / "sweep.json").read_text())
+    assert meta["presets"] == ["a", "new", "b"]
+    assert sorted(r["id"] for r in meta["runs"]) == ["a__iid__seed0", "b__iid__seed0", "new__iid__seed0"]
+    other = sweep("other", ["z"])
+    (other / "sweep.json").write_text(json.dumps({"name": "families", "presets": ["z"], "runs": []}))
+    collect(other, dest)  # a different sweep replaces the description
+    assert json.loads((dest / "sweep.json").read_text())["presets"] == ["z"]
 
 
 def test_readme_headline_is_generated_from_the_committed_ledgers():
