@@ -169,3 +169,36 @@ def test_union_catchup_of_the_bundled_preset_is_nearly_exact_and_far_below_the_c
     assert left < 0.02 * sum(float((missed[k] ** 2).sum()) for k in SHAPES)
     for k in SHAPES:  # what it leaves is its error, sent with its next catch-up
         torch.testing.assert_close(held[k] + bc.node_error[7][k], bc.broadcast[k], rtol=0, atol=1e-5)
+
+
+def test_p1000_union_preset_sparsifies_every_tensor_and_halves_the_p400_message():
+    """stc-p1000-union: top 1/1000 over the whole McMahan CNN, biases included (min-numel=0).
+
+    No tensor travels as raw float32, exactly ceil(n/1000) values are kept across the model,
+    the message is well under half of stc-p400-union's on the same update, and error feedback
+    loses nothing: compensated update == decoded + residual.
+    """
+    import math
+
+    from compression.wire import Reader, read_header, unseal
+    from fedsqueeze.config import load_preset
+    from fedsqueeze.models import initial_state
+
+    shapes = {k: tuple(v.shape) for k, v in initial_state("mcmahan-cnn", 0).items()}
+    gen = torch.Generator().manual_seed(3)
+    update = {k: torch.randn(s, generator=gen) * (1 + 9 * (len(s) == 1)) for k, s in shapes.items()}
+    spec = load_preset("stc-p1000-union")["uplink"]
+    payload, residual, _ = compression.encode_with_feedback(update, None, spec, round=1, seed=0)
+    decoded = compression.decode(payload, expected=shapes)
+    n = sum(math.prod(s) for s in shapes.values())
+    assert sum(int((v != 0).sum()) for v in decoded.values()) == math.ceil(n / 1000)
+    assert all(float(decoded[k].abs().sum()) > 0 for k in shapes if len(shapes[k]) == 1)  # large biases get in
+    r = Reader(unseal(payload))
+    _, infos = read_header(r, n)
+    body = Reader(r.take_all())
+    layouts = [body.section(i.name).u8() for i in infos]
+    assert layouts == [compression.codec.SPARSE] * len(shapes)
+    p400, _ = compression.encode_with_report(update, load_preset("stc-p400-union")["uplink"], round=1, seed=0)
+    assert 2 * len(payload) < len(p400)
+    for k in shapes:
+        torch.testing.assert_close(decoded[k] + residual[k], update[k], rtol=0, atol=1e-5)
