@@ -19,7 +19,6 @@ NMSE ``‖a − â‖² / ‖a‖²`` of the decoded catch-up ``â``. Payload by
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import torch
 
 import compression
 from fedsqueeze.config import load_preset
-from server.checkpoint import load_checkpoint
+from server.checkpoint import read_checkpoint
 
 log = logging.getLogger("benchmarks.catchup")
 HERE = Path(__file__).resolve().parent
@@ -127,11 +126,9 @@ def load_history(run_dir: Path) -> list[bytes]:
     FileNotFoundError
         ``run_dir`` has no checkpoint.
     """
-    state = Path(run_dir) / "checkpoint" / "state.json"
-    if not state.exists():
+    ckpt = read_checkpoint(Path(run_dir))
+    if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint (re-run the run to rebuild it)")
-    ckpt = load_checkpoint(Path(run_dir), json.loads(state.read_text())["config"])
-    assert ckpt is not None
     return ckpt.history
 
 

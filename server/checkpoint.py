@@ -45,7 +45,7 @@ import torch
 
 from fedsqueeze.config import RunConfig
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CheckpointError"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "read_checkpoint", "CheckpointError"]
 
 _DIR, _FORMAT = "checkpoint", 1
 
@@ -131,14 +131,16 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(out_dir: Path, config: dict[str, Any]) -> Checkpoint | None:
-    """The checkpoint in ``out_dir`` (None if there is none).
+def read_checkpoint(out_dir: Path) -> Checkpoint | None:
+    """The checkpoint in ``out_dir`` as it was written, whatever its config (None if there is none).
+
+    For readers of a finished run (its broadcast history, its weights); a run
+    that continues uses :func:`load_checkpoint`, which also checks the config.
 
     Raises
     ------
     CheckpointError
-        If it is unreadable or was made with a different configuration
-        (``resume`` and ``out-dir`` aside).
+        If it is unreadable.
     """
     root = Path(out_dir) / _DIR
     if not root.exists():
@@ -150,16 +152,6 @@ def load_checkpoint(out_dir: Path, config: dict[str, Any]) -> Checkpoint | None:
         state = json.loads((root / "state.json").read_text())
         if state.get("format") != _FORMAT:
             raise CheckpointError(f"checkpoint format {state.get('format')} != {_FORMAT}")
-        # preset: how the keys were given, not what they are (the expanded keys are compared)
-        ignored = {"resume", "out-dir", "num-server-rounds", "preset", "client-state-dir"}
-        # a key newer than the checkpoint was at its default when it was written
-        defaults = RunConfig().to_mapping()
-        mine = {k: v for k, v in config.items() if k not in ignored}
-        theirs = {k: state["config"].get(k, defaults.get(k)) for k in mine}
-        theirs.update({k: v for k, v in state["config"].items() if k not in ignored})
-        if mine != theirs:
-            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            raise CheckpointError(f"checkpoint in {out_dir} was made with a different config (keys {diff})")
         blob = (root / "history.bin").read_bytes()
         history, pos = [], 0
         for n in state["history_lengths"]:
@@ -180,7 +172,32 @@ def load_checkpoint(out_dir: Path, config: dict[str, Any]) -> Checkpoint | None:
             client_state_tag=str(state.get("client_state_tag", "")),
             aggregator_state=_load_npz(root / "aggregator.npz") if (root / "aggregator.npz").exists() else None,
         )
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"unreadable checkpoint in {root}: {exc}") from exc
+
+
+def load_checkpoint(out_dir: Path, config: dict[str, Any]) -> Checkpoint | None:
+    """The checkpoint in ``out_dir`` to continue a run with ``config`` (None if there is none).
+
+    Raises
+    ------
+    CheckpointError
+        If it is unreadable or was made with a different configuration
+        (``resume`` and ``out-dir`` aside).
+    """
+    ckpt = read_checkpoint(out_dir)
+    if ckpt is None:
+        return None
+    # preset: how the keys were given, not what they are (the expanded keys are compared)
+    ignored = {"resume", "out-dir", "num-server-rounds", "preset", "client-state-dir"}
+    # a key newer than the checkpoint was at its default when it was written
+    defaults = RunConfig().to_mapping()
+    mine = {k: v for k, v in config.items() if k not in ignored}
+    theirs = {k: ckpt.config.get(k, defaults.get(k)) for k in mine}
+    theirs.update({k: v for k, v in ckpt.config.items() if k not in ignored})
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise CheckpointError(f"checkpoint in {out_dir} was made with a different config (keys {diff})")
+    return ckpt

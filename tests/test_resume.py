@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from tests.federation_harness import SMALL, assert_same_ledgers, read_rows, run_inprocess
 
 FP32 = {**SMALL, "uplink": "fp32", "downlink": "fp32", "downlink-mode": "full", "num-server-rounds": 4}
@@ -38,6 +38,10 @@ def test_checkpoint_round_trip_and_config_guard(tmp_path):
     with pytest.raises(CheckpointError, match="lr"):
         load_checkpoint(tmp_path, {"seed": 1, "lr": 0.2})
     assert load_checkpoint(tmp_path / "empty", {}) is None
+    # a reader of the finished run takes it as written, whatever config it asks with
+    read = read_checkpoint(tmp_path)
+    assert read.config == {"seed": 1, "lr": 0.1, "resume": False} and read.history == got.history
+    assert read_checkpoint(tmp_path / "empty") is None
 
 
 @pytest.fixture(scope="module")
