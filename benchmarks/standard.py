@@ -250,11 +250,11 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = json.loads((SWEEP / "sweep.json").read_text())
     write_index(SWEEP, [RunSpec(**r) for r in meta["runs"]])
-    for path in report.write_report(SWEEP, HERE, targets=TARGETS):
+    res = report.load_results(SWEEP)
+    for path in report.write_report(SWEEP, HERE, targets=TARGETS, results=res):
         log.info("wrote %s", path.relative_to(HERE.parent.parent))
     (HERE / "downlink.md").write_text(downlink_table())
     log.info("wrote benchmarks/standard/downlink.md")
-    res = report.load_results(SWEEP)
     update_readme(headline(res, report.target_table(res, TARGETS)))
     log.info("wrote the headline block of README.md")
     return 0

@@ -604,15 +604,19 @@ def _status_lines(res: SweepResults) -> list[str]:
 
 
 def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *,
-                 targets: Sequence[float] = TARGETS, baseline: str = BASELINE) -> list[Path]:
+                 targets: Sequence[float] = TARGETS, baseline: str = BASELINE,
+                 results: SweepResults | None = None) -> list[Path]:
     """Write plots, ``table.csv``, ``table.md`` and ``report.md``; return the paths written.
+
+    ``results``: the sweep already loaded by the caller (:func:`load_results`
+    of ``sweep_dir``), so that it is not read twice.
 
     Raises
     ------
     FileNotFoundError
         The folder holds no sweep (see :func:`load_results`).
     """
-    res = load_results(sweep_dir)
+    res = results if results is not None else load_results(sweep_dir)
     out = Path(out_dir) if out_dir else res.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     table = target_table(res, targets, baseline)
