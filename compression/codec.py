@@ -40,7 +40,7 @@ from .schedule import keep_fraction
 from .spec import PipelineSpec, parse_spec
 from .values import decode_values, encode_values
 from .wire import (DTYPE_CODES, MAX_NAME_BYTES, MAX_NDIM, MAX_TENSOR_NUMEL, MAX_TENSORS, Reader, TensorInfo,
-                   read_header, seal, unseal, write_header)
+                   read_header, read_spec, seal, unseal, write_header)
 
 __all__ = [
     "EncodeReport",
@@ -237,6 +237,10 @@ def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
             state: MutableMapping[str, Any] | None = None) -> tuple[bytes, int]:
     rng_prune, rng_quant = _rngs(seed, round)
     quant = STAGES["quant"][spec.quant]
+    if spec.header == "compact":
+        wide = [e.name for e in entries if e.dtype != torch.float32]
+        if wide:
+            raise UpdateError(f"header=compact needs float32 tensors; {wide[0]!r} is not")
 
     def context(e: _Entry, count: int, elements: np.ndarray | None) -> ValueContext:
         groups = make_groups(spec.granularity, spec.block, count, e.shape, elements)
@@ -342,7 +346,7 @@ def _encode_report(entries: list[_Entry], spec: PipelineSpec, round: int, seed: 
     total = sum(e.flat.size for e in entries)
     # Decoding the real payload (rather than mirroring the math) guarantees the
     # report and the error-feedback residual describe exactly what was sent.
-    decoded = decode_full(payload, max_numel=max(total, 1)).tensors
+    decoded = decode_full(payload, expected={e.name: e.shape for e in entries}, max_numel=max(total, 1)).tensors
     return payload, decoded, _report(entries, decoded, payload, nnz)
 
 
@@ -453,7 +457,7 @@ def decode_full(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | Non
     See :func:`decode` for parameters and errors.
     """
     r = Reader(unseal(payload))
-    spec, infos = read_header(r, max_numel)
+    spec, infos = read_header(r, max_numel, expected)
     if expected is not None:
         got = {i.name: i.shape for i in infos}
         want = {k: tuple(int(d) for d in v) for k, v in expected.items()}
@@ -482,7 +486,9 @@ def decode(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | None = N
     payload : bytes
         Output of :func:`encode` (untrusted).
     expected : mapping of str to tuple of int, optional
-        If given, the payload must contain exactly these names and shapes.
+        If given, the payload must contain exactly these names and shapes, in
+        this order.  Required for payloads with a compact header
+        (``header=compact``), which carry only a digest of them.
     max_numel : int, default 50_000_000
         Refuse payloads declaring more elements in total (checked before any
         allocation).
@@ -512,7 +518,7 @@ def read_blocks(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | Non
     not validated here: call it on payloads that :func:`decode` accepted.
     """
     r = Reader(unseal(payload))
-    spec, infos = read_header(r, max_numel)
+    spec, infos = read_header(r, max_numel, expected)
     if expected is not None and {i.name: i.shape for i in infos} != {k: tuple(v) for k, v in expected.items()}:
         raise PayloadError("payload tensors differ from expected")
     body = Reader(_body(r.take_all(), spec, infos), "body")
@@ -537,5 +543,4 @@ def server_aggregator(spec: SpecLike, shapes: Mapping[str, tuple[int, ...]]) -> 
 
 def peek_spec(payload: bytes) -> PipelineSpec:
     """Return the validated pipeline spec from a payload header (body not decoded)."""
-    r = Reader(unseal(payload))
-    return read_header(r, MAX_TENSOR_NUMEL * MAX_TENSORS)[0]
+    return read_spec(Reader(unseal(payload)))[1]

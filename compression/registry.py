@@ -475,6 +475,9 @@ KEYS: dict[str, Key] = {
     "zstd": _k("zstd", bool, False, doc="zstd over all tensor sections"),
     "zstd-level": _k("zstd_level", int, 3, lo=1, hi=22, doc="zstd level"),
     "ef": _k("ef", bool, False, doc="error feedback (residual accumulation) on the client"),
+    "header": _k("header", str, "full", ("full", "compact"),
+                 doc="tensor table in every payload (full) or only its 8-byte digest (compact: the decoder "
+                     "must be given the expected names and shapes)"),
 }
 
 _BUILTIN_KEYS = tuple(KEYS)

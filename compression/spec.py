@@ -55,7 +55,7 @@ def _key_name(k: str) -> str:
 
 def _relevant(values: Mapping[str, Any]) -> set[str]:
     """Keys that have an effect given the stage choices in ``values``."""
-    keys = {"prune", "quant", "min-numel", "zstd", "ef"}
+    keys = {"prune", "quant", "min-numel", "zstd", "ef", "header"}
     keys.update(STAGES["prune"][values["prune"]].relevant_keys(values))
     keys.update(STAGES["quant"][values["quant"]].relevant_keys(values))
     if "granularity" in keys and values.get("granularity") == "block":
@@ -109,6 +109,10 @@ class PipelineSpec:
         Optional zstd stage over the coded sections.
     ef : bool
         Whether clients should run error feedback with this pipeline.
+    header : str
+        ``full``: every payload carries its tensor table (names, dtypes,
+        shapes); ``compact``: only an 8-byte digest of it, checked against the
+        names and shapes the decoder is given (see :mod:`compression.wire`).
     extra : tuple of (str, Any)
         Keys declared by registered (plugin) stages that differ from their
         defaults, sorted by name; read any key with :meth:`get`.  A mapping
@@ -138,6 +142,7 @@ class PipelineSpec:
     zstd: bool = False
     zstd_level: int = 3
     ef: bool = False
+    header: str = "full"
     extra: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:

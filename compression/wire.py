@@ -13,14 +13,23 @@ Payload layout (all integers little-endian)::
           whole when the spec says zstd=true)
     crc32 of everything above           u32
 
+With ``header=compact`` in the spec the version byte is ``COMPACT_VERSION``
+and the tensor table (count and per-tensor entries, 150-250 bytes for a small
+CNN) is replaced by its 8-byte BLAKE2b digest; every tensor must be float32.
+Such a payload is no longer self-describing: the decoder is given the names
+and shapes it expects, rebuilds the table and checks the digest, so a payload
+encoded for other tensors is still refused.
+
 The reader raises :class:`PayloadError` on every short read and the caller
 checks that every section is consumed exactly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +40,7 @@ from .spec import MAX_SPEC_CHARS, PipelineSpec, parse_spec
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
+    "COMPACT_VERSION",
     "MAX_TENSORS",
     "MAX_NAME_BYTES",
     "MAX_NDIM",
@@ -41,12 +51,16 @@ __all__ = [
     "Reader",
     "write_header",
     "read_header",
+    "read_spec",
     "seal",
     "unseal",
 ]
 
 MAGIC = b"FSQZ"
 FORMAT_VERSION = 1
+#: Version byte of a compact header (``header=compact``: the tensor table travels as a digest).
+COMPACT_VERSION = 2
+_DIGEST_BYTES = 8
 MAX_TENSORS = 65_535
 MAX_NAME_BYTES = 255
 MAX_NDIM = 8
@@ -153,17 +167,11 @@ class Reader:
             raise PayloadError(f"{self.what}: {self.remaining} trailing bytes")
 
 
-def write_header(spec: PipelineSpec, infos: list[TensorInfo]) -> bytes:
-    """Serialise magic, version, canonical spec and tensor table."""
-    w = Writer()
-    w.raw(MAGIC)
-    w.u8(FORMAT_VERSION)
-    w.u8(0)
-    s = spec.to_string().encode("utf-8")
-    w.u16(len(s))
-    w.raw(s)
+def _table(infos: Sequence[TensorInfo]) -> bytes:
+    """The tensor table: count, then name, dtype code and dims of every tensor."""
     if len(infos) > MAX_TENSORS:
         raise ValueError(f"at most {MAX_TENSORS} tensors per payload")
+    w = Writer()
     w.u32(len(infos))
     for info in infos:
         name = info.name.encode("ascii")
@@ -176,17 +184,44 @@ def write_header(spec: PipelineSpec, infos: list[TensorInfo]) -> bytes:
     return w.getvalue()
 
 
+def _digest(table: bytes) -> bytes:
+    return hashlib.blake2b(table, digest_size=_DIGEST_BYTES).digest()
+
+
+def write_header(spec: PipelineSpec, infos: list[TensorInfo]) -> bytes:
+    """Serialise magic, version, canonical spec and the tensor table (or its digest under ``header=compact``).
+
+    Raises
+    ------
+    ValueError
+        Too many tensors, or a compact header over a tensor that is not float32.
+    """
+    compact = spec.header == "compact"
+    if compact and any(i.dtype != torch.float32 for i in infos):
+        raise ValueError("header=compact needs float32 tensors (the decoder assumes float32)")
+    w = Writer()
+    w.raw(MAGIC)
+    w.u8(COMPACT_VERSION if compact else FORMAT_VERSION)
+    w.u8(0)
+    s = spec.to_string().encode("utf-8")
+    w.u16(len(s))
+    w.raw(s)
+    table = _table(infos)
+    w.raw(_digest(table) if compact else table)
+    return w.getvalue()
+
+
 def _valid_name(raw: bytes) -> bool:
     return 0 < len(raw) <= MAX_NAME_BYTES and all(0x21 <= b <= 0x7E for b in raw)
 
 
-def read_header(r: Reader, max_numel: int) -> tuple[PipelineSpec, list[TensorInfo]]:
-    """Parse and validate the header; no allocation depends on unchecked counts."""
+def read_spec(r: Reader) -> tuple[int, PipelineSpec]:
+    """Parse magic, version and flags and the spec: ``(version, spec)``, the reader left at the table."""
     if bytes(r.take(4, "magic")) != MAGIC:
         raise PayloadError("bad magic: not a FedSqueeze payload")
     version = r.u8("version")
-    if version != FORMAT_VERSION:
-        raise PayloadError(f"unsupported format version {version} (expected {FORMAT_VERSION})")
+    if version not in (FORMAT_VERSION, COMPACT_VERSION):
+        raise PayloadError(f"unsupported format version {version} (expected {FORMAT_VERSION} or {COMPACT_VERSION})")
     if r.u8("flags") != 0:
         raise PayloadError("reserved header flags are set")
     n = r.u16("spec length")
@@ -199,6 +234,21 @@ def read_header(r: Reader, max_numel: int) -> tuple[PipelineSpec, list[TensorInf
         raise PayloadError(f"invalid pipeline spec in header: {e}") from None
     if spec.to_string() != text:
         raise PayloadError("pipeline spec in header is not in canonical form")
+    if (version == COMPACT_VERSION) != (spec.header == "compact"):
+        raise PayloadError(f"format version {version} does not match header={spec.header} in the spec")
+    return version, spec
+
+
+def read_header(r: Reader, max_numel: int,
+                expected: Mapping[str, tuple[int, ...]] | None = None) -> tuple[PipelineSpec, list[TensorInfo]]:
+    """Parse and validate the header; no allocation depends on unchecked counts.
+
+    A compact header needs ``expected`` (tensor names and shapes, in payload
+    order): the table is rebuilt from it (float32) and its digest checked.
+    """
+    version, spec = read_spec(r)
+    if version == COMPACT_VERSION:
+        return spec, _expected_infos(r, max_numel, expected)
     count = r.u32("tensor count")
     if count > MAX_TENSORS:
         raise PayloadError(f"tensor count {count} exceeds {MAX_TENSORS}")
@@ -228,6 +278,24 @@ def read_header(r: Reader, max_numel: int) -> tuple[PipelineSpec, list[TensorInf
             raise PayloadError(f"payload declares more than max_numel={max_numel} elements")
         infos.append(TensorInfo(name, DTYPES[code], shape))
     return spec, infos
+
+
+def _expected_infos(r: Reader, max_numel: int,
+                    expected: Mapping[str, tuple[int, ...]] | None) -> list[TensorInfo]:
+    digest = bytes(r.take(_DIGEST_BYTES, "tensor table digest"))
+    if expected is None:
+        raise PayloadError("compact header (header=compact): decoding needs the expected tensor names and shapes")
+    try:
+        infos = [TensorInfo(str(name), torch.float32, tuple(int(d) for d in shape)) for name, shape in expected.items()]
+        table = _table(infos)
+    except (ValueError, TypeError, UnicodeEncodeError, OverflowError) as e:
+        raise PayloadError(f"compact header: the expected tensors cannot form a table: {e}") from None
+    if sum(i.numel for i in infos) > max_numel:
+        raise PayloadError(f"expected tensors hold more than max_numel={max_numel} elements")
+    if _digest(table) != digest:
+        raise PayloadError("compact header: tensor table digest mismatch (the payload was encoded for other "
+                           "tensor names or shapes than expected)")
+    return infos
 
 
 def seal(body: bytes) -> bytes:

@@ -93,6 +93,10 @@ class Broadcaster:
     def version(self) -> int:
         return len(self.history)
 
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        # payloads with a compact header (header=compact) decode only against the tensors they were made for
+        return {k: tuple(v.shape) for k, v in self.broadcast.items()}
+
     def advance(self, weights: dict[str, torch.Tensor], round_: int) -> None:
         """Prepare this round's broadcast of the global ``weights``."""
         self._full_fp32 = None
@@ -102,11 +106,11 @@ class Broadcaster:
         self._pending.clear()
         if self.mode == "full":
             self._full = compression.encode(weights, self.spec, round=round_, seed=self.seed)
-            self.broadcast = compression.decode(self._full)
+            self.broadcast = compression.decode(self._full, expected=self._shapes())
             return
         delta = {k: weights[k] - self.broadcast[k] for k in weights}
         payload = compression.encode(delta, self.spec, round=round_, seed=self.seed + round_)
-        for k, v in compression.decode(payload).items():
+        for k, v in compression.decode(payload, expected=self._shapes()).items():
             self.broadcast[k] += v
         self.history.append(payload)
 
@@ -148,14 +152,14 @@ class Broadcaster:
         if start not in self._accumulated:  # b_t - b_start: the sum of the chain it replaces, once per round
             total = {k: torch.zeros_like(v) for k, v in self.broadcast.items()}
             for p in self.history[start:]:
-                for k, v in compression.decode(p).items():
+                for k, v in compression.decode(p, expected=self._shapes()).items():
                     total[k] += v
             self._accumulated[start] = total
         total = self._accumulated[start]
         target = {k: v + error[k] for k, v in total.items()} if error is not None else total
         assert self.catchup is not None
         payload = compression.encode(target, self.catchup, round=self._round, seed=self.seed + self._round)
-        left = {k: target[k] - v for k, v in compression.decode(payload).items()}
+        left = {k: target[k] - v for k, v in compression.decode(payload, expected=self._shapes()).items()}
         if error is None:
             self._shared[start] = (payload, left)
         return payload, left
