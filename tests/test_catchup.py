@@ -172,7 +172,7 @@ def test_union_catchup_of_the_bundled_preset_is_nearly_exact_and_far_below_the_c
 
 
 def test_p1000_union_preset_sparsifies_every_tensor_and_halves_the_p400_message():
-    """stc-p1000-union: top 1/1000 over the whole McMahan CNN, biases included (min-numel=0).
+    """stc-p1000-union: top 1/1000 over the whole McMahan CNN, biases included (min-numel=0), compact header.
 
     No tensor travels as raw float32, exactly ceil(n/1000) values are kept across the model,
     the message is well under half of stc-p400-union's on the same update, and error feedback
@@ -194,10 +194,11 @@ def test_p1000_union_preset_sparsifies_every_tensor_and_halves_the_p400_message(
     assert sum(int((v != 0).sum()) for v in decoded.values()) == math.ceil(n / 1000)
     assert all(float(decoded[k].abs().sum()) > 0 for k in shapes if len(shapes[k]) == 1)  # large biases get in
     r = Reader(unseal(payload))
-    _, infos = read_header(r, n)
+    _, infos = read_header(r, n, shapes)
     body = Reader(r.take_all())
     layouts = [body.section(i.name).u8() for i in infos]
     assert layouts == [compression.codec.SPARSE] * len(shapes)
+    assert compression.peek_spec(payload).header == "compact"  # the tensor table travels as a digest
     p400, _ = compression.encode_with_report(update, load_preset("stc-p400-union")["uplink"], round=1, seed=0)
     assert 2 * len(payload) < len(p400)
     for k in shapes:
