@@ -62,11 +62,12 @@ class Row:
 
 
 def measure(history: Sequence[bytes], codecs: Mapping[str, str], ends: Sequence[int],
-            gaps: Sequence[int]) -> list[Row]:
+            gaps: Sequence[int], shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[Row]:
     """Encode each accumulated update ``b_end - b_(end-gap)`` with every codec.
 
     ``history[i]`` takes version ``i`` to ``i + 1``; pairs with ``gap > end`` or
-    ``end > len(history)`` are skipped.
+    ``end > len(history)`` are skipped. ``shapes``: the model's tensor names and
+    shapes, needed when the history's payloads have compact headers.
 
     Raises
     ------
@@ -77,7 +78,7 @@ def measure(history: Sequence[bytes], codecs: Mapping[str, str], ends: Sequence[
         raise ValueError("empty downlink history: the run has no delta downlink")
     if min(gaps, default=1) < 1:
         raise ValueError(f"gaps must be >= 1, got {sorted(gaps)}")
-    decoded = [compression.decode(p) for p in history]
+    decoded = [compression.decode(p, expected=shapes) for p in history]
     rows = []
     for end in ends:
         for gap in gaps:
@@ -118,8 +119,8 @@ def markdown(rows: Sequence[Row], source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_history(run_dir: Path) -> list[bytes]:
-    """The delta-downlink payload history in ``run_dir``'s checkpoint.
+def load_history(run_dir: Path) -> tuple[list[bytes], dict[str, tuple[int, ...]]]:
+    """The delta-downlink payload history in ``run_dir``'s checkpoint, and the model's tensor shapes.
 
     Raises
     ------
@@ -129,7 +130,7 @@ def load_history(run_dir: Path) -> list[bytes]:
     ckpt = read_checkpoint(Path(run_dir))
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint (re-run the run to rebuild it)")
-    return ckpt.history
+    return ckpt.history, {k: tuple(v.shape) for k, v in ckpt.broadcast.items()}
 
 
 def _ints(text: str) -> list[int]:
@@ -144,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gaps", default="1,3,5,10,20,40,80", help="gaps (comma-separated)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[catchup] %(message)s")
-    history = load_history(args.run_dir)
-    rows = measure(history, codecs(), _ints(args.ends), _ints(args.gaps))
+    history, shapes = load_history(args.run_dir)
+    rows = measure(history, codecs(), _ints(args.ends), _ints(args.gaps), shapes)
     args.out.write_text(markdown(rows, args.run_dir.name))
     log.info("wrote %s (%d measurements)", args.out, len(rows))
     return 0

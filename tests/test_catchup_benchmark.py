@@ -56,11 +56,12 @@ def test_codecs_are_the_presets_catchups():
         compression.parse_spec(spec)
 
 
-def test_end_to_end_on_a_federation_checkpoint(tmp_path):
+@pytest.mark.parametrize("downlink", ["stc", "prune=topk,keep=0.01,quant=ternary,ef=true,header=compact"])
+def test_end_to_end_on_a_federation_checkpoint(tmp_path, downlink):
     from tests.federation_harness import SMALL, run_direct
 
     run = tmp_path / "run"
-    summary, _ = run_direct({**SMALL, "num-server-rounds": 4, "uplink": "stc", "downlink": "stc",
+    summary, _ = run_direct({**SMALL, "num-server-rounds": 4, "uplink": "stc", "downlink": downlink,
                              "downlink-mode": "delta"}, run)
     assert summary["status"] == "completed"
     out = tmp_path / "catchup.md"
