@@ -237,10 +237,6 @@ def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
             state: MutableMapping[str, Any] | None = None) -> tuple[bytes, int]:
     rng_prune, rng_quant = _rngs(seed, round)
     quant = STAGES["quant"][spec.quant]
-    if spec.header == "compact":
-        wide = [e.name for e in entries if e.dtype != torch.float32]
-        if wide:
-            raise UpdateError(f"header=compact needs float32 tensors; {wide[0]!r} is not")
 
     def context(e: _Entry, count: int, elements: np.ndarray | None) -> ValueContext:
         groups = make_groups(spec.granularity, spec.block, count, e.shape, elements)

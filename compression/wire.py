@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import PayloadError, SpecError
+from .errors import PayloadError, SpecError, UpdateError
 from .spec import MAX_SPEC_CHARS, PipelineSpec, parse_spec
 
 __all__ = [
@@ -193,12 +193,15 @@ def write_header(spec: PipelineSpec, infos: list[TensorInfo]) -> bytes:
 
     Raises
     ------
+    UpdateError
+        A compact header over a tensor that is not float32 (the decoder assumes float32).
     ValueError
-        Too many tensors, or a compact header over a tensor that is not float32.
+        Too many tensors.
     """
     compact = spec.header == "compact"
-    if compact and any(i.dtype != torch.float32 for i in infos):
-        raise ValueError("header=compact needs float32 tensors (the decoder assumes float32)")
+    wide = [i.name for i in infos if i.dtype != torch.float32] if compact else []
+    if wide:
+        raise UpdateError(f"header=compact needs float32 tensors; {wide[0]!r} is not")
     w = Writer()
     w.raw(MAGIC)
     w.u8(COMPACT_VERSION if compact else FORMAT_VERSION)

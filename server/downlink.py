@@ -151,8 +151,9 @@ class Broadcaster:
             return self._shared[start]
         if start not in self._accumulated:  # b_t - b_start: the sum of the chain it replaces, once per round
             total = {k: torch.zeros_like(v) for k, v in self.broadcast.items()}
+            shapes = self._shapes()
             for p in self.history[start:]:
-                for k, v in compression.decode(p, expected=self._shapes()).items():
+                for k, v in compression.decode(p, expected=shapes).items():
                     total[k] += v
             self._accumulated[start] = total
         total = self._accumulated[start]
