@@ -23,6 +23,7 @@ from fedsqueeze.models import build_model, initial_state
 from fedsqueeze.partition import partition
 from fedsqueeze.protocol.instructions import (ENCODE_S, FULL_MODEL, NUM_EXAMPLES, REL_DISTORTION, TRAIN_LOSS, TRAIN_S,
                                               TrainInstruction)
+from fedsqueeze.protocol.reference import uplink_reference
 from fedsqueeze.train import state_delta, train
 
 __all__ = ["ClientState", "RoundOutput", "run_local_round", "client_seed", "InjectedCrash", "client_data",
@@ -187,8 +188,12 @@ def run_local_round(
     t0 = time.perf_counter()
     spec = compression.parse_spec(ins.uplink)
     codec_state = dict(state.codec_state or {})  # a copy: the codec updates it in place
+    reference = None
+    if spec.coder == "context":
+        deltas = [] if ins.base_version == FULL_MODEL else payloads
+        reference = uplink_reference(deltas, {k: tuple(v.shape) for k, v in global_state.items()})
     payload, residual, report = compression.encode_with_feedback(update, residual_in, spec, round=ins.round, seed=seed,
-                                                                 state=codec_state)
+                                                                 state=codec_state, reference=reference)
     if masks and residual is not None:
         residual = mask_state(residual, masks)
     encode_s = time.perf_counter() - t0

@@ -22,7 +22,7 @@ u32-length-prefixed and follow the header in header order.
 from __future__ import annotations
 
 import math
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Union
 
@@ -33,6 +33,7 @@ import zstandard
 from . import prune as pr
 from .errors import PayloadError, UpdateError
 from .feedback import compensate, new_residual
+from .positions import NO_REFERENCE as _NO_REFERENCE
 from .positions import decode_positions, encode_positions
 from .quantize import make_groups
 from .registry import DENSE, RAW, SPARSE, STAGES, PruneContext, ValueContext
@@ -55,10 +56,14 @@ __all__ = [
     "DENSE",
     "SPARSE",
     "read_blocks",
+    "union_support",
+    "Reference",
     "server_aggregator",
 ]
 
 SpecLike = Union[str, Mapping[str, Any], PipelineSpec]
+#: Per tensor name, sorted flat positions both encoder and decoder know (``coder=context``).
+Reference = Mapping[str, np.ndarray]
 _ZSTD_BYTES_PER_ELEMENT = 16
 _ZSTD_BYTES_PER_TENSOR = 2048
 
@@ -233,8 +238,18 @@ def _without_zeros(sel: pr.Selection, flat: np.ndarray) -> pr.Selection:
     return sel if nonzero.all() else pr.Selection(sel.unit, sel.index[nonzero], sel.scale)
 
 
+def _known(reference: Reference | None, name: str, shape: tuple[int, ...], slots: int) -> tuple[Any, int]:
+    """(reference positions, rows of the class view) of one tensor for ``coder=context``."""
+    if reference is None:
+        return None, 1
+    if slots != math.prod(shape):  # structured pruning: element positions do not index its units
+        return _NO_REFERENCE, 1
+    return reference.get(name, _NO_REFERENCE), shape[0] if len(shape) >= 2 else 1
+
+
 def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
-            state: MutableMapping[str, Any] | None = None) -> tuple[bytes, int]:
+            state: MutableMapping[str, Any] | None = None,
+            reference: Reference | None = None) -> tuple[bytes, int]:
     rng_prune, rng_quant = _rngs(seed, round)
     quant = STAGES["quant"][spec.quant]
 
@@ -262,7 +277,7 @@ def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
             slots, _ = _units(spec, e.shape)
             elements = sel.elements()
             parts = [bytes([SPARSE]), sel.index.size.to_bytes(4, "little"),
-                     encode_positions(sel.index, slots, spec.coder)]
+                     encode_positions(sel.index, slots, spec.coder, *_known(reference, e.name, e.shape, slots))]
             if elements.size:
                 vals = e.flat[elements]
                 if sel.scale != 1.0:
@@ -278,7 +293,7 @@ def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
 
 
 def encode(update: Mapping[str, torch.Tensor], spec: SpecLike, *, round: int = 1, seed: int = 0,
-           state: MutableMapping[str, Any] | None = None) -> bytes:
+           state: MutableMapping[str, Any] | None = None, reference: Reference | None = None) -> bytes:
     """Compress an update into a self-describing payload.
 
     Parameters
@@ -314,7 +329,7 @@ def encode(update: Mapping[str, torch.Tensor], spec: SpecLike, *, round: int = 1
         Invalid spec.
     """
     spec = parse_spec(spec)
-    return _encode(_entries(update), spec, round, seed, state)[0]
+    return _encode(_entries(update), spec, round, seed, state, reference)[0]
 
 
 def _report(entries: list[_Entry], decoded: Mapping[str, torch.Tensor], payload: bytes, nnz: int) -> EncodeReport:
@@ -336,27 +351,29 @@ def _report(entries: list[_Entry], decoded: Mapping[str, torch.Tensor], payload:
 
 
 def _encode_report(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,
-                   state: MutableMapping[str, Any] | None = None
+                   state: MutableMapping[str, Any] | None = None, reference: Reference | None = None
                    ) -> tuple[bytes, dict[str, torch.Tensor], EncodeReport]:
-    payload, nnz = _encode(entries, spec, round, seed, state)
+    payload, nnz = _encode(entries, spec, round, seed, state, reference)
     total = sum(e.flat.size for e in entries)
     # Decoding the real payload (rather than mirroring the math) guarantees the
     # report and the error-feedback residual describe exactly what was sent.
-    decoded = decode_full(payload, expected={e.name: e.shape for e in entries}, max_numel=max(total, 1)).tensors
+    decoded = decode_full(payload, expected={e.name: e.shape for e in entries}, max_numel=max(total, 1),
+                          reference=reference).tensors
     return payload, decoded, _report(entries, decoded, payload, nnz)
 
 
 def encode_with_report(update: Mapping[str, torch.Tensor], spec: SpecLike, *, round: int = 1,
-                       seed: int = 0, state: MutableMapping[str, Any] | None = None) -> tuple[bytes, EncodeReport]:
+                       seed: int = 0, state: MutableMapping[str, Any] | None = None,
+                       reference: Reference | None = None) -> tuple[bytes, EncodeReport]:
     """Like :func:`encode`, also returning an :class:`EncodeReport`."""
     spec = parse_spec(spec)
-    payload, _, report = _encode_report(_entries(update), spec, round, seed, state)
+    payload, _, report = _encode_report(_entries(update), spec, round, seed, state, reference)
     return payload, report
 
 
 def encode_with_feedback(update: Mapping[str, torch.Tensor], residual: Mapping[str, torch.Tensor] | None,
                          spec: SpecLike, *, round: int = 1, seed: int = 0,
-                         state: MutableMapping[str, Any] | None = None
+                         state: MutableMapping[str, Any] | None = None, reference: Reference | None = None
                          ) -> tuple[bytes, dict[str, torch.Tensor] | None, EncodeReport]:
     """Encode with error feedback (see :mod:`compression.feedback`).
 
@@ -366,7 +383,7 @@ def encode_with_feedback(update: Mapping[str, torch.Tensor], residual: Mapping[s
     residual : mapping of str to torch.Tensor or None
         Previous residual (same names and shapes); ``None`` means zeros.
         Ignored when the spec has ``ef=false``.
-    spec, round, seed, state
+    spec, round, seed, state, reference
         As for :func:`encode`.
 
     Returns
@@ -384,12 +401,12 @@ def encode_with_feedback(update: Mapping[str, torch.Tensor], residual: Mapping[s
     """
     spec = parse_spec(spec)
     if not spec.error_feedback:
-        payload, report = encode_with_report(update, spec, round=round, seed=seed, state=state)
+        payload, report = encode_with_report(update, spec, round=round, seed=seed, state=state, reference=reference)
         return payload, None, report
     _entries(update)  # validate names/dtypes/finiteness before combining with the residual
     comp = compensate(update, residual)
     entries = _entries(comp)
-    payload, decoded, report = _encode_report(entries, spec, round, seed, state)
+    payload, decoded, report = _encode_report(entries, spec, round, seed, state, reference)
     return payload, new_residual(comp, decoded), report
 
 
@@ -403,7 +420,8 @@ def _need_bits(r: Reader, count: int, info: TensorInfo, spec: PipelineSpec) -> N
         raise PayloadError(f"tensor {info.name!r}: {r.remaining} bytes cannot hold {count} values")
 
 
-def _decode_tensor(r: Reader, info: TensorInfo, spec: PipelineSpec) -> np.ndarray:
+def _decode_tensor(r: Reader, info: TensorInfo, spec: PipelineSpec, reference: Reference | None = None
+                   ) -> np.ndarray:
     layout = r.u8("layout")
     want = _layout(spec, info.shape)
     if layout != want:
@@ -419,7 +437,7 @@ def _decode_tensor(r: Reader, info: TensorInfo, spec: PipelineSpec) -> np.ndarra
     k = r.u32("kept count")
     if k > slots:
         raise PayloadError(f"tensor {info.name!r}: {k} kept of {slots}")
-    idx = decode_positions(r, slots, k, spec.coder)
+    idx = decode_positions(r, slots, k, spec.coder, *_known(reference, info.name, info.shape, slots))
     _need_bits(r, k * unit, info, spec)
     elements = pr.Selection(unit, idx).elements()
     out = np.zeros(numel, dtype=np.float32)
@@ -447,7 +465,7 @@ def _body(rest: memoryview, spec: PipelineSpec, infos: list[TensorInfo]) -> memo
 
 
 def decode_full(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | None = None,
-                max_numel: int = 50_000_000) -> DecodedPayload:
+                max_numel: int = 50_000_000, reference: Reference | None = None) -> DecodedPayload:
     """Decode a payload, returning the spec and tensor table as well.
 
     See :func:`decode` for parameters and errors.
@@ -464,7 +482,7 @@ def decode_full(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | Non
     tensors: dict[str, torch.Tensor] = {}
     for info in infos:
         sec = body.section(f"tensor {info.name!r}")
-        flat = _decode_tensor(sec, info, spec)
+        flat = _decode_tensor(sec, info, spec, reference)
         sec.finish()
         if not np.isfinite(flat).all():
             raise PayloadError(f"tensor {info.name!r} decodes to NaN or Inf")
@@ -474,7 +492,7 @@ def decode_full(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | Non
 
 
 def decode(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | None = None,
-           max_numel: int = 50_000_000) -> dict[str, torch.Tensor]:
+           max_numel: int = 50_000_000, reference: Reference | None = None) -> dict[str, torch.Tensor]:
     """Decode a payload into float32 tensors.
 
     Parameters
@@ -488,6 +506,9 @@ def decode(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | None = N
     max_numel : int, default 50_000_000
         Refuse payloads declaring more elements in total (checked before any
         allocation).
+    reference : mapping of str to numpy.ndarray, optional
+        The positions the encoder was given (``coder=context``; required for
+        its payloads, whose digest must match).
 
     Returns
     -------
@@ -501,7 +522,7 @@ def decode(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | None = N
         trailing bytes, absurd counts/shapes, positions out of range or
         unsorted, invalid codes, non-finite values, unexpected names/shapes.
     """
-    return decode_full(payload, expected=expected, max_numel=max_numel).tensors
+    return decode_full(payload, expected=expected, max_numel=max_numel, reference=reference).tensors
 
 
 def read_blocks(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | None = None,
@@ -524,6 +545,20 @@ def read_blocks(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | Non
         out.append((info, sec.u8("layout"), sec))
     body.finish()
     return spec, out
+
+
+def union_support(updates: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """Per tensor, the sorted flat positions where any of ``updates`` is non-zero.
+
+    The ``reference`` of ``coder=context`` in a federation: the support of the
+    downlink deltas a client received, which the server knows too.
+    """
+    masks: dict[str, np.ndarray] = {}
+    for update in updates:
+        for name, t in update.items():
+            nz = t.reshape(-1).numpy() != 0
+            masks[name] = masks[name] | nz if name in masks else nz
+    return {name: np.flatnonzero(m).astype(np.int64) for name, m in masks.items()}
 
 
 def server_aggregator(spec: SpecLike, shapes: Mapping[str, tuple[int, ...]]) -> Any:

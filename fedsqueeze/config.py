@@ -254,9 +254,14 @@ class RunConfig:
              "needs downlink-mode = 'delta'")
         for key in ("uplink", "downlink") + (("downlink-catchup",) if self.downlink_catchup else ()):
             try:
-                resolve_pipeline(getattr(self, key.replace("-", "_")))
+                spec = resolve_pipeline(getattr(self, key.replace("-", "_")))
             except SpecError as exc:
                 raise ConfigError(f"config key {key!r}: {exc}") from exc
+            # the reference of coder=context is what one client received; a broadcast has no such thing
+            need(key == "uplink" or spec.coder != "context", key,
+                 "coder=context codes positions against what a client received: uplink only")
+            need(key != "uplink" or spec.coder != "context" or self.downlink_mode == "delta", key,
+                 "coder=context needs downlink-mode = 'delta' (its reference is the deltas a client received)")
 
 
 def resolve_pipeline(text: str):

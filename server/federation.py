@@ -34,13 +34,14 @@ from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.optimizers import ServerOptimizer, server_optimizer_from_config
 from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, TrainInstruction
 from fedsqueeze.protocol.messages import CONFIG, MASK, METRICS, MODEL, payloads_record
+from fedsqueeze.protocol.reference import uplink_reference
 from fedsqueeze.train import evaluate
 from server.accounting import each_message_bytes, message_bytes, messages_bytes
 from server.exchange import exchange
 from server.aggregate import weighted_mean
 from server.model_stages import run_model_stages
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from server.downlink import CATCHUP, Broadcast, Broadcaster
+from server.downlink import CATCHUP, FULL, Broadcast, Broadcaster
 from server.replies import Accepted, Rejected, payload_bound, reply_payload_bytes, screen_reply
 from server.rounds import RoundMode, RoundRunner, sample_partitions, sample_size
 
@@ -234,6 +235,8 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     messages, pid_of = [], {}
     clients: dict[int, ClientRow] = {}
     records: dict[tuple[int, ...], Any] = {}  # one record per distinct payload list: hashed once, not per node
+    references: dict[tuple[int, ...], Any] = {}  # coder=context: what each distinct payload list tells a client
+    reference_of: dict[int, Any] = {}
     for pid in sampled:
         nid = nodes[pid]
         bc = run.broadcaster.for_node(nid)
@@ -241,6 +244,9 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
         key = tuple(id(p) for p in bc.payloads)
         if key not in records:
             records[key] = payloads_record(bc.payloads)
+            if run.up_spec.coder == "context":
+                references[key] = uplink_reference([] if bc.kind == FULL else bc.payloads, run.shapes)
+        reference_of[nid] = references.get(key)
         config = ins.to_record()
         if cfg.plugins:  # announced only when set: runs without plugins keep their exact message bytes
             config["plugins"] = cfg.plugins
@@ -282,7 +288,8 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
         row.uplink_payload_bytes += client.uplink_payload_bytes
         row.uplink_dense_bytes += 4 * run.num_params
         result = screen_reply(reply, run.up_spec, run.shapes, max_payload_bytes=max_payload,
-                              max_examples=max_examples, max_update_norm=cfg.max_update_norm)
+                              max_examples=max_examples, max_update_norm=cfg.max_update_norm,
+                              reference=reference_of[nid])
         run.broadcaster.confirm(nid, isinstance(result, Accepted))
         if isinstance(result, Rejected):
             log(f"round {round_}: rejected node {nid} (partition {pid_of[nid]}): {result.tag}: {result.reason}")

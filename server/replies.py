@@ -36,7 +36,7 @@ def payload_bound(spec: compression.PipelineSpec, shapes: dict[str, tuple[int, .
     """
     gen = torch.Generator().manual_seed(seed)
     probe = {k: torch.randn(shape, generator=gen) for k, shape in shapes.items()}
-    size = len(compression.encode(probe, spec, round=1, seed=seed))
+    size = len(compression.encode(probe, spec, round=1, seed=seed, reference={} if spec.coder == "context" else None))
     for stage in compression.pipeline_stages(spec):
         declared = stage.max_payload_bytes(spec, shapes)
         if declared is not None:
@@ -75,6 +75,7 @@ def screen_reply(
     max_payload_bytes: int,
     max_examples: int,
     max_update_norm: float = 0.0,
+    reference: compression.Reference | None = None,
 ) -> Accepted | Rejected:
     """Validate and decode one train reply.
 
@@ -90,6 +91,9 @@ def screen_reply(
         Upper bound on the reported ``num-examples``.
     max_update_norm
         Reject updates whose global L2 norm exceeds this (0 = no bound).
+    reference
+        What a ``coder=context`` payload was coded against
+        (:func:`fedsqueeze.protocol.reference.uplink_reference`).
     """
     node = msg.metadata.src_node_id
     if msg.has_error():
@@ -114,7 +118,7 @@ def screen_reply(
         sent_spec = compression.peek_spec(payload)
         if sent_spec != spec:
             return Rejected(node, "pipeline", f"payload uses {sent_spec}, announced {spec}")
-        update = compression.decode(payload, expected=shapes)
+        update = compression.decode(payload, expected=shapes, reference=reference)
     except compression.PayloadError as exc:
         return Rejected(node, "payload", str(exc)[:200])
     if max_update_norm > 0:

@@ -10,6 +10,8 @@ checks it); everything that crosses the wire is declared here, once:
   :class:`~.instructions.StageQuery` (a model-compression query), the wire
   constant :data:`~.instructions.FULL_MODEL` and the activation-range metrics
   of a calibration reply (Flower-free);
+* :mod:`.reference` — the positions a ``coder=context`` uplink is coded
+  against: the support of the deltas the client received (Flower-free);
 * :mod:`.records` — frozen dataclasses <-> kebab-case ``ConfigRecord``
   mappings (Flower-free).
 
