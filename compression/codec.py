@@ -239,12 +239,17 @@ def _without_zeros(sel: pr.Selection, flat: np.ndarray) -> pr.Selection:
 
 
 def _known(reference: Reference | None, name: str, shape: tuple[int, ...], slots: int) -> tuple[Any, int]:
-    """(reference positions, rows of the class view) of one tensor for ``coder=context``."""
+    """(reference positions, rows of the ``(shape[0], rest)`` view) of one tensor's position slots.
+
+    Context and grid codes look at that view; pruning by structured units
+    (``slots`` below the element count) gets a one-row view and no reference,
+    since element positions do not index its units.
+    """
+    elementwise = slots == math.prod(shape)
+    rows = shape[0] if elementwise and len(shape) >= 2 else 1
     if reference is None:
-        return None, 1
-    if slots != math.prod(shape):  # structured pruning: element positions do not index its units
-        return _NO_REFERENCE, 1
-    return reference.get(name, _NO_REFERENCE), shape[0] if len(shape) >= 2 else 1
+        return None, rows
+    return (reference.get(name, _NO_REFERENCE) if elementwise else _NO_REFERENCE), rows
 
 
 def _encode(entries: list[_Entry], spec: PipelineSpec, round: int, seed: int,

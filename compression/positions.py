@@ -13,10 +13,20 @@ Section layout::
     tag u8: 0 = bitmap   -> ceil(n/8) bytes, bit i set iff position i kept
             1 = Rice     -> r u8, unary length u32, unary bytes, ceil(k*r/8) bytes
             2 = Elias    -> unary length u32, unary bytes, ceil(sum(N)/8) bytes
+            4 = grid     -> rows hit u32, columns hit u32, then three sections
+                            as above (tag 0 or 1): the rows hit of the
+                            ``(rows, n // rows)`` view, the columns hit, and
+                            the positions in the grid of those rows and columns
             3 = context  -> reference digest (4 bytes), kept count of classes 0-3
                             (LEB128; class 4 has the rest), r u8 of every class with
                             kept positions, unary length u32, unary bytes (all
                             classes' quotients), remainder bits (r_c bits each)
+
+Grid coding (``coder=grid``) needs nothing but the payload: when a tensor's
+positions fill only some rows and columns of its ``(shape[0], rest)`` view
+(dead input features, the output units that moved), naming those rows and
+columns once and coding positions inside the smaller grid costs fewer bits.
+The encoder keeps the cheapest of bitmap, Rice gaps and grid per tensor.
 
 Context coding (``coder=context``) uses positions both sides already know, the
 *reference* (in a federation: the support of the downlink deltas the client
@@ -42,11 +52,12 @@ from .bitpack import gather_fields, pack_bits, scatter_fields, unpack_bits
 from .errors import PayloadError, UpdateError
 from .wire import Reader, Writer
 
-__all__ = ["BITMAP", "RICE", "ELIAS", "CONTEXT", "encode_positions", "decode_positions", "rice_parameter",
+__all__ = ["BITMAP", "RICE", "ELIAS", "CONTEXT", "GRID", "encode_positions", "decode_positions", "rice_parameter",
            "context_classes", "NO_REFERENCE"]
 
-BITMAP, RICE, ELIAS, CONTEXT = 0, 1, 2, 3
-_ALLOWED = {"bitmap": {BITMAP}, "golomb": {BITMAP, RICE}, "elias": {BITMAP, ELIAS}, "context": {BITMAP, CONTEXT}}
+BITMAP, RICE, ELIAS, CONTEXT, GRID = 0, 1, 2, 3, 4
+_ALLOWED = {"bitmap": {BITMAP}, "golomb": {BITMAP, RICE}, "elias": {BITMAP, ELIAS}, "context": {BITMAP, CONTEXT},
+            "grid": {BITMAP, RICE, GRID}}
 _MAX_RICE = 30
 _CLASSES = 5
 NO_REFERENCE = np.empty(0, dtype=np.int64)
@@ -100,14 +111,15 @@ def encode_positions(idx: np.ndarray, n: int, coder: str = "golomb", reference: 
         Sorted, unique positions in ``[0, n)``.
     n : int
         Domain size.
-    coder : {"golomb", "elias", "bitmap", "context"}
-        Gap code compared against the bitmap; ``bitmap`` forces the bitmap.
+    coder : {"golomb", "elias", "bitmap", "context", "grid"}
+        Gap code compared against the bitmap; ``bitmap`` forces the bitmap;
+        ``grid`` also compares the row/column grid code.
     reference : numpy.ndarray, optional
         ``coder="context"`` only: sorted unique positions in ``[0, n)`` the
         decoder also knows (see the module docstring).
     rows : int, default 1
-        ``coder="context"`` only: rows of the ``(rows, n // rows)`` view whose
-        rows and columns the classes look at.
+        ``coder="context"`` and ``"grid"``: rows of the ``(rows, n // rows)``
+        view whose rows and columns they look at.
 
     Returns
     -------
@@ -121,6 +133,12 @@ def encode_positions(idx: np.ndarray, n: int, coder: str = "golomb", reference: 
         if len(body) < bitmap_bytes + 1:
             return body
         coder = "bitmap"
+    if coder == "grid":
+        plain = encode_positions(idx, n, "golomb")
+        if rows < 2 or rows == n or not k:
+            return plain
+        body = _encode_grid(idx, n, rows)
+        return body if len(body) < len(plain) else plain
     gaps = _gaps(idx)
     if coder == "golomb":
         r, bits = rice_parameter(gaps)
@@ -183,6 +201,8 @@ def decode_positions(r: Reader, n: int, k: int, coder: str = "golomb", reference
         return idx
     if tag == CONTEXT:
         return _decode_context(r, n, k, reference, rows)
+    if tag == GRID:
+        return _decode_grid(r, n, k, rows)
     if tag == RICE:
         rp = r.u8("rice parameter")
         if rp > _MAX_RICE:
@@ -209,6 +229,41 @@ def decode_positions(r: Reader, n: int, k: int, coder: str = "golomb", reference
     return idx
 
 
+# ------------------------------------------------------------------ grid coding
+
+def _encode_grid(idx: np.ndarray, n: int, rows: int) -> bytes:
+    cols = n // rows
+    row_of, col_of = np.divmod(idx, cols)
+    hit_rows, hit_cols = np.unique(row_of), np.unique(col_of)
+    # row-major ranks in the grid of hit rows x hit columns keep the positions' order
+    ranks = np.searchsorted(hit_rows, row_of) * hit_cols.size + np.searchsorted(hit_cols, col_of)
+    w = Writer()
+    w.u8(GRID)
+    w.u32(hit_rows.size)
+    w.u32(hit_cols.size)
+    w.raw(encode_positions(hit_rows, rows, "golomb"))
+    w.raw(encode_positions(hit_cols, cols, "golomb"))
+    w.raw(encode_positions(ranks.astype(np.int64), hit_rows.size * hit_cols.size, "golomb"))
+    return w.getvalue()
+
+
+def _decode_grid(r: Reader, n: int, k: int, rows: int) -> np.ndarray:
+    if rows < 2 or n % rows:
+        raise PayloadError(f"grid-coded positions for a view of {rows} rows of {n} slots")
+    cols = n // rows
+    n_rows, n_cols = r.u32("rows hit"), r.u32("columns hit")
+    if not (0 < n_rows <= min(rows, k) and 0 < n_cols <= min(cols, k) and k <= n_rows * n_cols):
+        raise PayloadError(f"grid of {n_rows} x {n_cols} hit rows and columns cannot hold {k} positions")
+    hit_rows = decode_positions(r, rows, n_rows, "golomb")
+    hit_cols = decode_positions(r, cols, n_cols, "golomb")
+    ranks = decode_positions(r, n_rows * n_cols, k, "golomb")
+    i, j = np.divmod(ranks, n_cols)
+    # one encoding per position set: every row and column named must hold a position
+    if np.unique(i).size != n_rows or np.unique(j).size != n_cols:
+        raise PayloadError("grid names a row or column that holds no position")
+    return hit_rows[i] * cols + hit_cols[j]
+
+
 # ------------------------------------------------------------------ context coding
 
 def context_classes(reference: np.ndarray, n: int, rows: int = 1) -> np.ndarray:
@@ -233,13 +288,16 @@ def _reference_digest(reference: np.ndarray, n: int) -> bytes:
     return hashlib.blake2b(n.to_bytes(8, "little") + reference.astype("<i8").tobytes(), digest_size=4).digest()
 
 
-def _check_reference(reference: np.ndarray | None, n: int, rows: int) -> np.ndarray:
+def _check_reference(reference: np.ndarray | None, n: int, rows: int, error: type[ValueError] = UpdateError
+                     ) -> np.ndarray:
+    """The reference as int64; ``error`` when it does not fit ``n`` slots (a decoder passes
+    PayloadError: the payload's shapes are then not those the reference was taken from)."""
     if reference is None:
         raise UpdateError("coder=context needs the reference positions both sides know")
     ref = np.asarray(reference)
     if (ref.ndim != 1 or (ref.size and (ref.dtype.kind not in "iu" or int(ref[0]) < 0 or int(ref[-1]) >= n
                                         or not (np.diff(ref) > 0).all())) or rows < 1 or n % rows):
-        raise UpdateError(f"context reference must be sorted unique integer positions in [0, {n}) "
+        raise error(f"context reference must be sorted unique integer positions in [0, {n}) "
                          f"and rows ({rows}) must divide {n}")
     return ref.astype(np.int64, copy=False) if ref.size else NO_REFERENCE
 
@@ -308,7 +366,7 @@ def _encode_context(idx: np.ndarray, n: int, reference: np.ndarray | None, rows:
 def _decode_context(r: Reader, n: int, k: int, reference: np.ndarray | None, rows: int) -> np.ndarray:
     if reference is None:
         raise PayloadError("positions coded with coder=context: the decoder must be given the reference")
-    ref = _check_reference(reference, n, rows)
+    ref = _check_reference(reference, n, rows, PayloadError)
     if bytes(r.take(4, "reference digest")) != _reference_digest(ref, n):
         raise PayloadError("positions were coded against another reference than the decoder's")
     cls, order, starts = _class_domains(ref, n, rows)

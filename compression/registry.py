@@ -469,9 +469,10 @@ KEYS: dict[str, Key] = {
     "clusters": _k("clusters", int, 3, lo=2, hi=256, doc="k-means centroids per tensor"),
     "min-numel": _k("min_numel", int, 256, lo=0, hi=(1 << 31) - 1,
                     doc="tensors with fewer elements are sent as raw float32"),
-    "coder": _k("coder", str, "golomb", ("golomb", "elias", "bitmap", "context"),
-                doc="position gap code; the cheaper of it and a bitmap is used per tensor (context: Rice codes "
-                    "per class of slots given positions the decoder also knows, encode/decode reference=)"),
+    "coder": _k("coder", str, "golomb", ("golomb", "elias", "bitmap", "context", "grid"),
+                doc="position gap code; the cheaper of it and a bitmap is used per tensor (grid: also the rows "
+                    "and columns hit, then Rice gaps inside them; context: Rice codes per class of slots given "
+                    "positions the decoder also knows, encode/decode reference=)"),
     "entropy": _k("entropy", str, "none", ("none", "huffman"), doc="entropy coding of quantization codes"),
     "zstd": _k("zstd", bool, False, doc="zstd over all tensor sections"),
     "zstd-level": _k("zstd_level", int, 3, lo=1, hi=22, doc="zstd level"),
