@@ -61,6 +61,15 @@ class Row:
     nmse: float
 
 
+def accumulate(decoded: Sequence[Mapping[str, torch.Tensor]], start: int, end: int) -> dict[str, torch.Tensor]:
+    """``b_end - b_start``: the sum of the decoded deltas ``start..end-1`` of a history."""
+    total = {k: torch.zeros_like(v) for k, v in decoded[0].items()}
+    for d in decoded[start:end]:
+        for k, v in d.items():
+            total[k] += v
+    return total
+
+
 def measure(history: Sequence[bytes], codecs: Mapping[str, str], ends: Sequence[int],
             gaps: Sequence[int], shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[Row]:
     """Encode each accumulated update ``b_end - b_(end-gap)`` with every codec.
@@ -85,10 +94,7 @@ def measure(history: Sequence[bytes], codecs: Mapping[str, str], ends: Sequence[
             if gap > end or end > len(history):
                 continue
             start = end - gap
-            total = {k: torch.zeros_like(v) for k, v in decoded[0].items()}
-            for d in decoded[start:end]:
-                for k, v in d.items():
-                    total[k] += v
+            total = accumulate(decoded, start, end)
             support = sum(int((v != 0).sum()) for v in total.values())
             chain = sum(len(p) for p in history[start:end])
             for label, spec in codecs.items():

@@ -298,7 +298,7 @@ def _check_reference(reference: np.ndarray | None, n: int, rows: int, error: typ
     if (ref.ndim != 1 or (ref.size and (ref.dtype.kind not in "iu" or int(ref[0]) < 0 or int(ref[-1]) >= n
                                         or not (np.diff(ref) > 0).all())) or rows < 1 or n % rows):
         raise error(f"context reference must be sorted unique integer positions in [0, {n}) "
-                         f"and rows ({rows}) must divide {n}")
+                    f"and rows ({rows}) must divide {n}")
     return ref.astype(np.int64, copy=False) if ref.size else NO_REFERENCE
 
 
