@@ -83,6 +83,20 @@ def check_every_single_byte_corruption(payload: bytes) -> None:
                 _check_result(out)
 
 
+def check_every_resealed_corruption(payload: bytes, shapes: dict[str, tuple[int, ...]], **decode_kwargs) -> None:
+    """Each body byte xor 0xFF with a recomputed CRC (a hostile sender): PayloadError, or finite
+    tensors of exactly ``shapes``. ``decode_kwargs`` go to :func:`compression.decode`."""
+    for i in range(len(payload) - 4):
+        body = bytearray(payload[:-4])
+        body[i] ^= 0xFF
+        try:
+            out = compression.decode(seal(bytes(body)), **decode_kwargs)
+        except PayloadError:
+            continue
+        assert {k: tuple(v.shape) for k, v in out.items()} == shapes
+        _check_result(out)
+
+
 @pytest.mark.parametrize("spec, payload", PAYLOADS, ids=[s for s, _ in PAYLOADS])
 def test_every_truncation_raises(spec, payload):
     check_every_truncation(payload)
