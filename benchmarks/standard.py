@@ -53,12 +53,19 @@ def copy_completed_runs(source_runs: Path, dest_runs: Path) -> list[str]:
     """Copy the ledger files of every *completed* run folder in ``source_runs`` to ``dest_runs``.
 
     Returns the ids copied. Runs still in progress or failed are left out: a half-run
-    ledger must never stand behind a table row.
+    ledger must never stand behind a table row. So are completed runs in which a client
+    failed (a ``failures`` entry in ``metrics.csv``: e.g. Ray killing workers when the
+    machine runs low on memory): the run carried on with the clients left, so it measures
+    another federation than the benchmark's.
     """
     copied = []
     for run_dir in sorted(Path(source_runs).iterdir()):
         summary = run_dir / "summary.json"
         if not summary.exists() or json.loads(summary.read_text()).get("status") != "completed":
+            continue
+        lost = _failed_rounds(run_dir / "metrics.csv")
+        if lost:
+            log.warning("%s: left out, clients failed in %d rounds (first: round %s)", run_dir.name, len(lost), lost[0])
             continue
         target = Path(dest_runs) / run_dir.name
         target.mkdir(parents=True, exist_ok=True)
@@ -67,6 +74,14 @@ def copy_completed_runs(source_runs: Path, dest_runs: Path) -> list[str]:
                 shutil.copy2(run_dir / name, target / name)
         copied.append(run_dir.name)
     return copied
+
+
+def _failed_rounds(metrics: Path) -> list[str]:
+    """The rounds of a ledger in which some client failed."""
+    if not metrics.exists():
+        return []
+    with open(metrics, newline="") as fh:
+        return [r["round"] for r in csv.DictReader(fh) if r.get("failures")]
 
 
 def merge_meta(old: dict, new: dict) -> dict:

@@ -48,16 +48,18 @@ def test_only_completed_runs_are_copied(tmp_path):
     from benchmarks.standard import copy_completed_runs
 
     src = tmp_path / "sweep" / "runs"
-    for run, status in (("done", "completed"), ("midway", "running"), ("broken", None)):
+    for run, status in (("done", "completed"), ("midway", "running"), ("broken", None), ("lossy", "completed")):
         (src / run).mkdir(parents=True)
-        (src / run / "metrics.csv").write_text("round\n0\n")
+        (src / run / "metrics.csv").write_text("round,failures\n0,\n1,\n")
         if status:
             (src / run / "summary.json").write_text(json.dumps({"status": status}))
+    # completed, but clients crashed in round 2: it measured a smaller federation
+    (src / "lossy" / "metrics.csv").write_text("round,failures\n0,\n1,\n2,crash:21;crash:30\n3,\n")
     (src / "done" / "checkpoint").mkdir()  # not a ledger file: stays behind
     assert copy_completed_runs(src, tmp_path / "a") == ["done"]
     assert sorted(p.name for p in (tmp_path / "a" / "done").iterdir()) == ["metrics.csv", "summary.json"]
     assert collect_families(tmp_path / "sweep", tmp_path / "b") == ["done"]
-    assert not (tmp_path / "b" / "midway").exists()
+    assert not (tmp_path / "b" / "midway").exists() and not (tmp_path / "b" / "lossy").exists()
 
 
 def test_collecting_a_second_folder_keeps_the_runs_the_first_brought(tmp_path):
