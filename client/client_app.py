@@ -17,8 +17,8 @@ from client.state_store import load_state, save_state
 from client.stage_query import answer_calibrate, answer_scores
 from fedsqueeze.plugins import load_plugins
 from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, StageQuery, TrainInstruction
-from fedsqueeze.protocol.messages import (CONFIG, MASK, METRICS, MODEL, PAYLOAD, UPDATE, payloads_record,
-                                         record_payloads)
+from fedsqueeze.protocol.messages import (CONFIG, MASK, METRICS, MODEL, PAYLOAD, UPDATE, pack_reply,
+                                         payloads_record, record_payloads)
 
 app = ClientApp()
 
@@ -96,7 +96,10 @@ def train(msg: Message, context: Context) -> Message:
     _save_state(context, out.state)
     if ins.state_dir:
         _persist(ins.state_dir, pid, ins.round, out.state)
-    content = RecordDict({UPDATE: payloads_record([out.payload], [PAYLOAD]), METRICS: MetricRecord(out.metrics)})
+    if ins.reply_format == "packed":
+        content = RecordDict({UPDATE: payloads_record([pack_reply(out.payload, out.metrics)], [PAYLOAD])})
+    else:
+        content = RecordDict({UPDATE: payloads_record([out.payload], [PAYLOAD]), METRICS: MetricRecord(out.metrics)})
     return Message(content=content, reply_to=msg)
 
 

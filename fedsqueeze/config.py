@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fedsqueeze.protocol.instructions import REPLY_FORMATS
+
 __all__ = ["ConfigError", "RunConfig", "PRESET_DIR", "expand_preset", "load_preset", "load_toml_overrides",
            "parse_value", "preset_names", "preset_path", "resolve_pipeline"]
 
@@ -74,6 +76,7 @@ class RunConfig:
     downlink: str = "stc"
     downlink_mode: str = "delta"
     downlink_catchup: str = ""
+    reply_format: str = "records"  # fedsqueeze.protocol.instructions.REPLY_FORMATS
     # server optimizer (fedsqueeze.optimizers registry; each reads the server-* keys it names)
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
@@ -203,6 +206,7 @@ class RunConfig:
         except ValueError:
             need(False, "device", f"must be one of {DEVICE_CHOICES}")
         need(self.downlink_mode in ("full", "delta"), "downlink-mode", "must be 'full' or 'delta'")
+        need(self.reply_format in REPLY_FORMATS, "reply-format", f"must be one of {REPLY_FORMATS}")
         need(self.server_optimizer in SERVER_OPTIMIZERS, "server-optimizer",
              f"must be a registered server optimizer: {server_optimizer_names()}")
         unknown = [k for k in SERVER_OPTIMIZERS[self.server_optimizer].keys if k not in self.keys()]

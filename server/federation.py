@@ -218,7 +218,7 @@ def _instruction(run: _Run, round_: int, bc: Broadcast, inject: str, mode: Round
         uplink=str(run.up_spec), downlink_mode=c.downlink_mode, base_version=bc.base_version,
         target_version=bc.target_version, catchup=bc.kind == CATCHUP, state_dir=_client_state_dir(run),
         inject=inject, hang_s=c.round_timeout + _HANG_GRACE_S if inject == "hang" else 0.0,
-        dataset=c.dataset, device=c.device,
+        dataset=c.dataset, device=c.device, reply_format=c.reply_format,
     )
 
 
@@ -276,6 +276,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     answered = set()
     max_examples = len(load_dataset(cfg.dataset, cfg.data_dir or None).train_labels)  # no client holds more
     max_payload = run.payload_bound
+    packed = cfg.reply_format == "packed"
     for reply in replies:
         nid = reply.metadata.src_node_id
         if nid not in pid_of or nid in answered:
@@ -283,13 +284,13 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
         answered.add(nid)
         client = clients[nid]
         client.uplink_bytes = message_bytes(reply)
-        client.uplink_payload_bytes = reply_payload_bytes(reply)
+        client.uplink_payload_bytes = reply_payload_bytes(reply, packed)
         row.uplink_bytes += client.uplink_bytes
         row.uplink_payload_bytes += client.uplink_payload_bytes
         row.uplink_dense_bytes += 4 * run.num_params
         result = screen_reply(reply, run.up_spec, run.shapes, max_payload_bytes=max_payload,
                               max_examples=max_examples, max_update_norm=cfg.max_update_norm,
-                              reference=reference_of[nid])
+                              reference=reference_of[nid], packed=packed)
         run.broadcaster.confirm(nid, isinstance(result, Accepted))
         if isinstance(result, Rejected):
             log(f"round {round_}: rejected node {nid} (partition {pid_of[nid]}): {result.tag}: {result.reason}")

@@ -11,6 +11,7 @@ and either accepted or rejected with a short reason tag (``crash``,
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from flwr.app import Message
 
 import compression
 from fedsqueeze.protocol.instructions import ENCODE_S, NUM_EXAMPLES, REL_DISTORTION, TRAIN_LOSS, TRAIN_S
-from fedsqueeze.protocol.messages import METRICS, UPDATE, ProtocolError, record_payloads
+from fedsqueeze.protocol.messages import METRICS, UPDATE, ProtocolError, record_payloads, unpack_reply
 
 __all__ = ["Accepted", "Rejected", "screen_reply", "payload_bound", "reply_payload_bytes"]
 
@@ -76,6 +77,7 @@ def screen_reply(
     max_examples: int,
     max_update_norm: float = 0.0,
     reference: compression.Reference | None = None,
+    packed: bool = False,
 ) -> Accepted | Rejected:
     """Validate and decode one train reply.
 
@@ -94,22 +96,18 @@ def screen_reply(
     reference
         What a ``coder=context`` payload was coded against
         (:func:`fedsqueeze.protocol.reference.uplink_reference`).
+    packed
+        The run's ``reply-format`` is ``"packed"``: the metrics travel in
+        front of the payload (:func:`fedsqueeze.protocol.messages.unpack_reply`).
     """
     node = msg.metadata.src_node_id
     if msg.has_error():
         return Rejected(node, "crash", f"client error {msg.error.code}: {msg.error.reason[:200]}")
-    content = msg.content
     try:
-        if UPDATE not in content.array_records or METRICS not in content.metric_records:
-            raise ProtocolError(f"reply needs records {UPDATE!r} and {METRICS!r}, has {list(content.keys())}")
-        payloads = record_payloads(content.array_records[UPDATE], max_items=1)
-        if len(payloads) != 1:
-            raise ProtocolError(f"expected one payload, got {len(payloads)}")
-        metrics = content.metric_records[METRICS]
+        payload, metrics = _parts(msg, packed)
         num_examples = metrics.get(NUM_EXAMPLES)
     except (ProtocolError, KeyError, TypeError) as exc:
         return Rejected(node, "protocol", str(exc)[:200])
-    payload = payloads[0]
     if len(payload) > max_payload_bytes:
         return Rejected(node, "size", f"payload {len(payload)} B > bound {max_payload_bytes} B")
     if not isinstance(num_examples, int) or not 0 < num_examples <= max_examples:
@@ -140,12 +138,28 @@ def screen_reply(
     )
 
 
-def reply_payload_bytes(msg: Message) -> int:
-    """Length of the FedSqueeze payload a reply carries, 0 if it has none that the protocol allows."""
+def _parts(msg: Message, packed: bool) -> tuple[bytes, Mapping[str, Any]]:
+    """The reply's payload and metrics, in either reply format; ProtocolError if it has other records."""
+    content = msg.content
+    want = [UPDATE] if packed else [UPDATE, METRICS]
+    if UPDATE not in content.array_records or (not packed and METRICS not in content.metric_records):
+        raise ProtocolError(f"reply needs records {want}, has {list(content.keys())}")
+    payloads = record_payloads(content.array_records[UPDATE], max_items=1)
+    if len(payloads) != 1:
+        raise ProtocolError(f"expected one payload, got {len(payloads)}")
+    if packed:
+        return unpack_reply(payloads[0])
+    return payloads[0], content.metric_records[METRICS]
+
+
+def reply_payload_bytes(msg: Message, packed: bool = False) -> int:
+    """Length of the FedSqueeze payload a reply carries (a packed reply's metrics header not counted), 0 if it
+    has none that the protocol allows."""
     if msg.has_error() or UPDATE not in msg.content.array_records:
         return 0
     try:
-        return sum(map(len, record_payloads(msg.content.array_records[UPDATE], max_items=1)))
+        payloads = record_payloads(msg.content.array_records[UPDATE], max_items=1)
+        return len(unpack_reply(payloads[0])[0]) if packed and len(payloads) == 1 else sum(map(len, payloads))
     except ProtocolError:
         return 0
 

@@ -17,7 +17,8 @@ from fedsqueeze.datasets import DEFAULT_DATASET
 from fedsqueeze.protocol.records import OMIT_DEFAULT, from_record, to_record
 
 __all__ = ["FULL_MODEL", "TrainInstruction", "StageQuery", "STAGE_OPS", "ranges_to_metrics", "metrics_to_ranges",
-           "NUM_EXAMPLES", "TRAIN_LOSS", "REL_DISTORTION", "TRAIN_S", "ENCODE_S", "PARTITION_ID", "NUM_PARTITIONS"]
+           "NUM_EXAMPLES", "TRAIN_LOSS", "REL_DISTORTION", "TRAIN_S", "ENCODE_S", "REPLY_FORMATS", "PARTITION_ID",
+           "NUM_PARTITIONS"]
 
 #: ``base_version`` of a train instruction whose model payload is one whole model,
 #: not a chain of deltas (``server.downlink``).
@@ -30,6 +31,9 @@ STAGE_OPS = ("calibrate", "scores")
 # and screens it; the others are reported in the ledger.
 NUM_EXAMPLES, TRAIN_LOSS, REL_DISTORTION = "num-examples", "train-loss", "rel-distortion"
 TRAIN_S, ENCODE_S = "train-s", "encode-s"  # the client's own wall-clock seconds
+#: How a train reply carries those metrics (``reply-format``): a MetricRecord, or packed in
+#: 21 bytes in front of the payload (:func:`fedsqueeze.protocol.messages.pack_reply`).
+REPLY_FORMATS = ("records", "packed")
 # Metrics of a handshake reply: which partition of how many the node holds.
 PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
 
@@ -64,6 +68,7 @@ class TrainInstruction:
     state_dir: str = field(default="", metadata=OMIT_DEFAULT)  # exact resume: where the client saves its state
     dataset: str = field(default=DEFAULT_DATASET, metadata=OMIT_DEFAULT)  # fedsqueeze.datasets
     device: str = field(default="cpu", metadata=OMIT_DEFAULT)  # fedsqueeze.device
+    reply_format: str = field(default="records", metadata=OMIT_DEFAULT)  # messages.REPLY_FORMATS
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrainInstruction:

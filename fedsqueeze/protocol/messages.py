@@ -7,10 +7,14 @@ Train instruction (server → client), ``message_type="train"``:
                 model, or a chain of model deltas to apply in order.
     ``mask``    (fine-tune / QAT rounds of a pruned model) ArrayRecord with
                 one payload: the masks, one bit per weight.
-Train reply (client → server):
+Train reply (client → server), ``reply-format = "records"`` (the default):
     ``update``  ArrayRecord ``{"payload": uint8}``: the compressed update.
     ``metrics`` MetricRecord: num-examples, train-loss, rel-distortion, ...
                 (names in :mod:`fedsqueeze.protocol.instructions`)
+Train reply, ``reply-format = "packed"``: ``update`` alone, its one array a
+    frame (:func:`pack_reply`): the five metrics in 21 bytes, then the
+    payload. A MetricRecord costs ~140 bytes on the wire and ~80 more in the
+    RecordDict that names it; next to a ~4.5 KB sparse update that is 5 %.
 Handshake (round 0), ``message_type="query"``: the reply's ``metrics`` carry
 the node's ``partition-id`` so the server can sample deterministically.
 Stage queries, ``message_type="query"`` with ``config["op"]``
@@ -25,9 +29,13 @@ numpy header, no pickle.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Mapping, Sequence
 
 from flwr.app import Array, ArrayRecord
+
+from fedsqueeze.protocol.instructions import (ENCODE_S, NUM_EXAMPLES, REL_DISTORTION, REPLY_FORMATS, TRAIN_LOSS,
+                                              TRAIN_S)
 
 __all__ = [
     "CONFIG",
@@ -39,11 +47,18 @@ __all__ = [
     "payloads_record",
     "record_payloads",
     "ProtocolError",
+    "REPLY_FORMATS",
+    "pack_reply",
+    "unpack_reply",
 ]
 
 CONFIG, MODEL, UPDATE, METRICS, PAYLOAD = "config", "model", "update", "metrics", "payload"
 MASK = "mask"  # optional on train messages: the pruned model's masks (fedsqueeze.modelzip.masks)
 _RAW = "raw"
+_FRAME_VERSION = 1
+# version, num-examples, then train-loss, rel-distortion, train-s, encode-s as float32
+_FRAME = struct.Struct("<BIffff")
+_FRAME_FLOATS = (TRAIN_LOSS, REL_DISTORTION, TRAIN_S, ENCODE_S)
 
 
 class ProtocolError(ValueError):
@@ -74,3 +89,49 @@ def record_payloads(record: ArrayRecord, max_items: int = 100_000) -> list[bytes
             raise ProtocolError(f"array {name!r} is not a raw uint8 payload")
         out.append(bytes(arr.data))
     return out
+
+
+def pack_reply(payload: bytes, metrics: Mapping[str, float | int]) -> bytes:
+    """A packed train reply: a 21-byte versioned metrics header, then ``payload`` untouched.
+
+    ``metrics`` must hold exactly the train-reply metrics (``num-examples``
+    an int in [0, 2**32), the four others numbers, sent as float32: the
+    ledger's train loss keeps 7 significant digits).
+
+    Raises
+    ------
+    ValueError
+        Other metric names, or a value that does not fit its field.
+    """
+    want = {NUM_EXAMPLES, *_FRAME_FLOATS}
+    if set(metrics) != want:
+        raise ValueError(f"a packed reply carries exactly the metrics {sorted(want)}, got {sorted(metrics)}")
+    n = metrics[NUM_EXAMPLES]
+    if not isinstance(n, int) or not 0 <= n < 2**32:
+        raise ValueError(f"num-examples {n!r} is not an int in [0, 2**32)")
+    floats = [metrics[k] for k in _FRAME_FLOATS]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in floats):
+        raise ValueError(f"metrics {list(_FRAME_FLOATS)} must be numbers to fit a float32, got {floats!r}")
+    try:
+        head = _FRAME.pack(_FRAME_VERSION, n, *floats)
+    except (struct.error, OverflowError) as exc:
+        raise ValueError(f"a metric does not fit a float32: {exc}") from None
+    return head + bytes(payload)
+
+
+def unpack_reply(frame: bytes) -> tuple[bytes, dict[str, float | int]]:
+    """Inverse of :func:`pack_reply`: ``(payload, metrics)``.
+
+    Raises
+    ------
+    ProtocolError
+        The frame is shorter than its header or has another version.
+    """
+    if len(frame) < _FRAME.size:
+        raise ProtocolError(f"packed reply of {len(frame)} bytes is shorter than its {_FRAME.size}-byte header")
+    version, n, *floats = _FRAME.unpack_from(frame)
+    if version != _FRAME_VERSION:
+        raise ProtocolError(f"packed reply version {version}, expected {_FRAME_VERSION}")
+    # a NaN or Inf metric is passed on as such: the server screens the values it uses
+    metrics: dict[str, float | int] = {NUM_EXAMPLES: n, **dict(zip(_FRAME_FLOATS, floats))}
+    return bytes(frame[_FRAME.size:]), metrics
