@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from fedsqueeze.protocol.instructions import (ENCODE_S, FULL_MODEL, NUM_EXAMPLES
 from fedsqueeze.protocol.reference import uplink_reference
 from fedsqueeze.train import state_delta, train
 
-__all__ = ["ClientState", "RoundOutput", "run_local_round", "client_seed", "InjectedCrash", "client_data",
+__all__ = ["ClientState", "RoundOutput", "Received", "run_local_round", "client_seed", "InjectedCrash", "client_data",
            "received_model"]
 
 
@@ -65,6 +66,16 @@ class RoundOutput:
     state: ClientState
 
 
+class Received(NamedTuple):
+    """What a train message brought: the global model, the client's new state and the uplink's reference."""
+
+    model: dict[str, torch.Tensor]
+    state: ClientState
+    #: ``coder=context`` uplinks: the support of the deltas received
+    #: (:func:`fedsqueeze.protocol.reference.uplink_reference`); ``None`` for other coders.
+    reference: dict[str, np.ndarray] | None
+
+
 def client_seed(seed: int, round_: int, partition_id: int) -> int:
     """A 63-bit seed unique to (run seed, round, client)."""
     return int(np.random.SeedSequence([seed, round_, partition_id]).generate_state(2, np.uint64)[0] >> 1)
@@ -100,8 +111,8 @@ def _model(name: str, dataset: str) -> torch.nn.Module:
     return _MODELS[name, dataset]
 
 
-def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: ClientState) -> tuple[dict[str, torch.Tensor], ClientState]:
-    """Reconstruct the global model the server broadcast.
+def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: ClientState) -> Received:
+    """Reconstruct the global model the server broadcast, and what the uplink is coded against.
 
     ``ins.base_version == -1``: ``payloads`` is one encoded model. Otherwise
     (delta downlink) a chain of encoded deltas from ``ins.base_version`` to
@@ -118,13 +129,16 @@ def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: Clie
         Delta mode, but this client does not hold ``ins.base_version``.
     """
     template = {k: tuple(v.shape) for k, v in _model(ins.model, ins.dataset).state_dict().items()}
+    context = compression.parse_spec(ins.uplink).coder == "context"
     if ins.base_version == FULL_MODEL:
         if len(payloads) != 1:
             raise compression.PayloadError(f"a full model is 1 payload, got {len(payloads)}")
         base = compression.decode(payloads[0], expected=template)
+        reference = uplink_reference(FULL_MODEL, []) if context else None
         if ins.downlink_mode == "full":
-            return base, state
-        return base, replace(state, broadcast={k: v.clone() for k, v in base.items()}, version=ins.target_version)
+            return Received(base, state, reference)
+        return Received(base, replace(state, broadcast={k: v.clone() for k, v in base.items()},
+                                      version=ins.target_version), reference)
     if ins.base_version == 0:
         base = initial_state(ins.model, ins.seed, ins.dataset)
     elif state.broadcast is not None and state.version == ins.base_version:
@@ -138,11 +152,15 @@ def received_model(ins: TrainInstruction, payloads: Sequence[bytes], state: Clie
     elif len(payloads) != ins.target_version - ins.base_version:
         raise compression.PayloadError(
             f"delta chain has {len(payloads)} payloads for versions {ins.base_version}->{ins.target_version}")
+    supports = []
     for p in payloads:
         delta = compression.decode(p, expected=template)
         for k, v in delta.items():
             base[k] += v
-    return base, replace(state, broadcast={k: v.clone() for k, v in base.items()}, version=ins.target_version)
+        if context:  # the positions only: a long chain's dense deltas are not kept
+            supports.append(compression.support(delta))
+    return Received(base, replace(state, broadcast={k: v.clone() for k, v in base.items()}, version=ins.target_version),
+                    uplink_reference(ins.base_version, supports) if context else None)
 
 
 def run_local_round(
@@ -167,7 +185,7 @@ def run_local_round(
     if ins.inject == "crash":
         raise InjectedCrash(f"injected crash (round {ins.round}, partition {partition_id})")
     device = resolve_device(ins.device)  # before any work: a client without the GPU asked for fails clearly
-    global_state, state = received_model(ins, payloads, state)
+    global_state, state, reference = received_model(ins, payloads, state)
     x, y = client_data(ins, partition_id, num_partitions)
     masks = unpack_masks(mask_payload, {k: tuple(v.shape) for k, v in global_state.items()}) if mask_payload else None
     model = _model(ins.model, ins.dataset)
@@ -188,10 +206,6 @@ def run_local_round(
     t0 = time.perf_counter()
     spec = compression.parse_spec(ins.uplink)
     codec_state = dict(state.codec_state or {})  # a copy: the codec updates it in place
-    reference = None
-    if spec.coder == "context":
-        deltas = [] if ins.base_version == FULL_MODEL else payloads
-        reference = uplink_reference(deltas, {k: tuple(v.shape) for k, v in global_state.items()})
     payload, residual, report = compression.encode_with_feedback(update, residual_in, spec, round=ins.round, seed=seed,
                                                                  state=codec_state, reference=reference)
     if masks and residual is not None:

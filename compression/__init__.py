@@ -32,7 +32,8 @@ from . import builtin as _builtin  # noqa: F401 - registers the built-in stages
 # the compressor families, registered through the same public API as any plugin
 from . import lowrank, rotation, sketch  # noqa: F401
 from .codec import (DecodedPayload, EncodeReport, Reference, decode, decode_full, encode, encode_with_feedback,
-                    encode_with_report, peek_spec, read_blocks, server_aggregator, union_support)
+                    encode_with_report, peek_spec, read_blocks, server_aggregator, support,
+                    union_support)
 from .errors import PayloadError, RegistrationError, SpecError, UpdateError
 from .prune import Selection, register_importance
 from .quantize import Groups
@@ -52,6 +53,7 @@ __all__ = [
     "encode_with_feedback",
     "server_aggregator",
     "read_blocks",
+    "support",
     "union_support",
     "Reference",
     "decode",

@@ -56,6 +56,7 @@ __all__ = [
     "DENSE",
     "SPARSE",
     "read_blocks",
+    "support",
     "union_support",
     "Reference",
     "server_aggregator",
@@ -552,18 +553,24 @@ def read_blocks(payload: bytes, *, expected: Mapping[str, tuple[int, ...]] | Non
     return spec, out
 
 
-def union_support(updates: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, np.ndarray]:
-    """Per tensor, the sorted flat positions where any of ``updates`` is non-zero.
+def support(update: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Per tensor, the sorted flat positions where ``update`` is non-zero."""
+    return {name: np.flatnonzero(t.reshape(-1).numpy()).astype(np.int64) for name, t in update.items()}
+
+
+def union_support(supports: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per tensor, the sorted union of the positions of ``supports`` (each as :func:`support` returns them).
 
     The ``reference`` of ``coder=context`` in a federation: the support of the
-    downlink deltas a client received, which the server knows too.
+    downlink deltas a client received, which the server knows too. Supports,
+    not decoded updates, so a caller can keep them (a few thousand positions)
+    where it could not keep the dense deltas of a long chain.
     """
-    masks: dict[str, np.ndarray] = {}
-    for update in updates:
-        for name, t in update.items():
-            nz = t.reshape(-1).numpy() != 0
-            masks[name] = masks[name] | nz if name in masks else nz
-    return {name: np.flatnonzero(m).astype(np.int64) for name, m in masks.items()}
+    out: dict[str, np.ndarray] = {}
+    for s in supports:
+        for name, idx in s.items():
+            out[name] = np.union1d(out[name], idx) if name in out else np.asarray(idx, dtype=np.int64)
+    return out
 
 
 def server_aggregator(spec: SpecLike, shapes: Mapping[str, tuple[int, ...]]) -> Any:

@@ -41,7 +41,7 @@ from server.exchange import exchange
 from server.aggregate import weighted_mean
 from server.model_stages import run_model_stages
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from server.downlink import CATCHUP, FULL, Broadcast, Broadcaster
+from server.downlink import CATCHUP, Broadcast, Broadcaster
 from server.replies import Accepted, Rejected, payload_bound, reply_payload_bytes, screen_reply
 from server.rounds import RoundMode, RoundRunner, sample_partitions, sample_size
 
@@ -237,6 +237,12 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     records: dict[tuple[int, ...], Any] = {}  # one record per distinct payload list: hashed once, not per node
     references: dict[tuple[int, ...], Any] = {}  # coder=context: what each distinct payload list tells a client
     reference_of: dict[int, Any] = {}
+    supports: dict[int, dict] = {}  # chains of different lengths share payloads: each is decoded once a round
+
+    def support_of(p: bytes) -> dict:
+        if id(p) not in supports:
+            supports[id(p)] = compression.support(compression.decode(p, expected=run.shapes))
+        return supports[id(p)]
     for pid in sampled:
         nid = nodes[pid]
         bc = run.broadcaster.for_node(nid)
@@ -245,7 +251,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
         if key not in records:
             records[key] = payloads_record(bc.payloads)
             if run.up_spec.coder == "context":
-                references[key] = uplink_reference([] if bc.kind == FULL else bc.payloads, run.shapes)
+                references[key] = uplink_reference(bc.base_version, map(support_of, bc.payloads))
         reference_of[nid] = references.get(key)
         config = ins.to_record()
         if cfg.plugins:  # announced only when set: runs without plugins keep their exact message bytes

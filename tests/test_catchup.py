@@ -113,7 +113,7 @@ def test_client_applies_a_catchup_to_the_version_it_holds():
     w0 = initial_state("seed-cnn", 0)
     delta = {k: 0.01 * torch.ones_like(v) for k, v in w0.items()}
     payload = compression.encode(delta, "fp32")
-    model, state = received_model(instruction(0, 5, True), [payload], ClientState())
+    model, state, _ = received_model(instruction(0, 5, True), [payload], ClientState())
     assert state.version == 5
     for k in w0:
         torch.testing.assert_close(model[k], w0[k] + 0.01)

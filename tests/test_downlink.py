@@ -187,7 +187,7 @@ def test_client_reconstructs_the_broadcast_model_exactly(spec):
             if node == 2 and r in (2, 3):  # the node crashes before replying: nothing applied, nothing kept
                 b.confirm(node, False)
                 continue
-            model, new_state = received_model(instruction(bc.base_version, bc.target_version), bc.payloads, state)
+            model, new_state, _ = received_model(instruction(bc.base_version, bc.target_version), bc.payloads, state)
             assert same(model, b.broadcast), (spec, r, node)
             assert new_state.version == b.version and same(new_state.broadcast, b.broadcast)
             assert new_state.broadcast["fc.weight"] is not model["fc.weight"]  # training must not alter it
@@ -208,7 +208,7 @@ def test_stale_or_missing_broadcast_model_is_refused():
     with pytest.raises(StaleBroadcast, match="holds version -1"):
         received_model(instruction(2, 3), bc.payloads, ClientState())  # a node that lost its state
     # version 0 needs no stored model: every client rebuilds the seeded initial model
-    model, state = received_model(instruction(0, 3), b.history, ClientState(None, snapshot(W0), 1))
+    model, state, _ = received_model(instruction(0, 3), b.history, ClientState(None, snapshot(W0), 1))
     assert same(model, b.broadcast) and state.version == 3
 
 
@@ -229,9 +229,9 @@ def test_full_model_payload_in_each_mode():
     w = weights_at(2)
     payload = compression.encode(w, "fp32")
     old = ClientState(residual={"x": torch.ones(1)}, broadcast=snapshot(W0), version=1)
-    model, state = received_model(instruction(FULL_MODEL, FULL_MODEL, mode="full"), [payload], old)
+    model, state, _ = received_model(instruction(FULL_MODEL, FULL_MODEL, mode="full"), [payload], old)
     assert same(model, w) and state is old  # full mode keeps nothing
-    model, state = received_model(instruction(FULL_MODEL, 4), [payload], old)
+    model, state, _ = received_model(instruction(FULL_MODEL, 4), [payload], old)
     assert same(model, w) and state.version == 4 and same(state.broadcast, w)
     assert state.residual is old.residual  # the uplink residual is not the downlink's business
 
@@ -240,3 +240,25 @@ def test_payload_for_another_model_is_refused():
     other = {k: v for k, v in W0.items() if k != "fc.bias"}
     with pytest.raises(compression.PayloadError, match="differ from expected"):
         received_model(instruction(FULL_MODEL, 1), [compression.encode(other, "fp32")], ClientState())
+
+
+def test_a_context_coded_uplink_gets_the_support_of_the_received_deltas():
+    from dataclasses import replace
+
+    from fedsqueeze.protocol.reference import uplink_reference
+
+    b = broadcaster()
+    for r in (1, 2, 3):
+        b.advance(weights_at(r), r)
+    context = "prune=topk,keep=0.1,quant=ternary,coder=context"
+    got = received_model(replace(instruction(0, 3), uplink=context), b.history, ClientState()).reference
+    # by hand: where any of the three deltas is non-zero
+    nonzero = {k: sum(compression.decode(p)[k].abs() for p in b.history).reshape(-1) != 0 for k in SHAPES}
+    assert {k: v.tolist() for k, v in got.items()} == {k: torch.nonzero(m).flatten().tolist() for k, m in nonzero.items()}
+    assert sum(map(len, got.values())) > 0
+    # the server's side of the same rule, from the payloads it sent
+    server = uplink_reference(0, [compression.support(compression.decode(p)) for p in b.history])
+    assert {k: v.tolist() for k, v in server.items()} == {k: v.tolist() for k, v in got.items()}
+    full = compression.encode(b.broadcast, "fp32")
+    assert received_model(replace(instruction(FULL_MODEL, 3), uplink=context), [full], ClientState()).reference == {}
+    assert received_model(instruction(0, 3), b.history, ClientState()).reference is None  # other coders: none

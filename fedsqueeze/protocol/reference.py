@@ -11,29 +11,29 @@ without a byte on the wire (a digest in the payload checks it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 import compression
+from fedsqueeze.protocol.instructions import FULL_MODEL
 
 __all__ = ["uplink_reference"]
 
 
-def uplink_reference(delta_payloads: Sequence[bytes], shapes: Mapping[str, tuple[int, ...]]
-                     ) -> dict[str, np.ndarray]:
+def uplink_reference(base_version: int, supports: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per tensor, the sorted flat positions where any received delta is non-zero.
 
     Parameters
     ----------
-    delta_payloads : sequence of bytes
-        The delta payloads of the train message; empty for a whole model.
-    shapes : mapping of str to tuple of int
-        The model's names and shapes (payloads with compact headers need them).
-
-    Raises
-    ------
-    compression.PayloadError
-        A payload is malformed (the client has already refused it by then).
+    base_version : int
+        The train instruction's ``base_version``; :data:`FULL_MODEL` (a whole
+        model was sent, not deltas) gives an empty reference, and ``supports``
+        is not read.
+    supports : iterable of mappings of str to int64 arrays
+        :func:`compression.support` of each delta payload of the train message,
+        in any order.
     """
-    return compression.union_support(compression.decode(p, expected=shapes) for p in delta_payloads)
+    if base_version == FULL_MODEL:
+        return {}
+    return compression.union_support(supports)

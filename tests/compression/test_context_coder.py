@@ -115,8 +115,10 @@ def test_structured_pruning_ignores_the_reference():
 def test_union_support():
     a = {"w": torch.tensor([[0.0, 1.0], [0.0, 0.0]]), "v": torch.zeros(3)}
     b = {"w": torch.tensor([[0.0, -2.0], [3.0, 0.0]]), "v": torch.tensor([0.0, 0.0, 1.0])}
-    got = compression.union_support([a, b])
+    assert {k: v.tolist() for k, v in compression.support(b).items()} == {"w": [1, 2], "v": [2]}
+    got = compression.union_support([compression.support(a), compression.support(b)])
     assert {k: v.tolist() for k, v in got.items()} == {"w": [1, 2], "v": [2]}
+    assert compression.union_support([]) == {}
 
 
 # ------------------------------------------------------------------ coder=grid
