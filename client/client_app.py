@@ -18,7 +18,7 @@ from client.stage_query import answer_calibrate, answer_scores
 from fedsqueeze.plugins import load_plugins
 from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, StageQuery, TrainInstruction
 from fedsqueeze.protocol.messages import (CONFIG, MASK, METRICS, MODEL, PAYLOAD, UPDATE, pack_reply,
-                                         payloads_record, record_payloads)
+                                         packed_record, payloads_record, record_payloads)
 
 app = ClientApp()
 
@@ -97,7 +97,7 @@ def train(msg: Message, context: Context) -> Message:
     if ins.state_dir:
         _persist(ins.state_dir, pid, ins.round, out.state)
     if ins.reply_format == "packed":
-        content = RecordDict({UPDATE: payloads_record([pack_reply(out.payload, out.metrics)], [PAYLOAD])})
+        content = RecordDict({UPDATE: packed_record(pack_reply(out.payload, out.metrics))})
     else:
         content = RecordDict({UPDATE: payloads_record([out.payload], [PAYLOAD]), METRICS: MetricRecord(out.metrics)})
     return Message(content=content, reply_to=msg)

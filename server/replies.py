@@ -20,7 +20,7 @@ from flwr.app import Message
 
 import compression
 from fedsqueeze.protocol.instructions import ENCODE_S, NUM_EXAMPLES, REL_DISTORTION, TRAIN_LOSS, TRAIN_S
-from fedsqueeze.protocol.messages import METRICS, UPDATE, ProtocolError, record_payloads, unpack_reply
+from fedsqueeze.protocol.messages import METRICS, UPDATE, ProtocolError, record_packed, record_payloads, unpack_reply
 
 __all__ = ["Accepted", "Rejected", "screen_reply", "payload_bound", "reply_payload_bytes"]
 
@@ -141,25 +141,29 @@ def screen_reply(
 def _parts(msg: Message, packed: bool) -> tuple[bytes, Mapping[str, Any]]:
     """The reply's payload and metrics, in either reply format; ProtocolError if it has other records."""
     content = msg.content
-    want = [UPDATE] if packed else [UPDATE, METRICS]
-    if UPDATE not in content.array_records or (not packed and METRICS not in content.metric_records):
-        raise ProtocolError(f"reply needs records {want}, has {list(content.keys())}")
+    if packed:
+        if UPDATE not in content.config_records:
+            raise ProtocolError(f"a packed reply needs the config record {UPDATE!r}, has {list(content.keys())}")
+        return unpack_reply(record_packed(content.config_records[UPDATE]))
+    if UPDATE not in content.array_records or METRICS not in content.metric_records:
+        raise ProtocolError(f"reply needs records {UPDATE!r} and {METRICS!r}, has {list(content.keys())}")
     payloads = record_payloads(content.array_records[UPDATE], max_items=1)
     if len(payloads) != 1:
         raise ProtocolError(f"expected one payload, got {len(payloads)}")
-    if packed:
-        return unpack_reply(payloads[0])
     return payloads[0], content.metric_records[METRICS]
 
 
 def reply_payload_bytes(msg: Message, packed: bool = False) -> int:
     """Length of the FedSqueeze payload a reply carries (a packed reply's metrics header not counted), 0 if it
     has none that the protocol allows."""
-    if msg.has_error() or UPDATE not in msg.content.array_records:
+    if msg.has_error():
         return 0
     try:
-        payloads = record_payloads(msg.content.array_records[UPDATE], max_items=1)
-        return len(unpack_reply(payloads[0])[0]) if packed and len(payloads) == 1 else sum(map(len, payloads))
+        if packed:
+            return len(_parts(msg, True)[0])
+        if UPDATE not in msg.content.array_records:
+            return 0
+        return sum(map(len, record_payloads(msg.content.array_records[UPDATE], max_items=1)))
     except ProtocolError:
         return 0
 

@@ -10,7 +10,8 @@ from flwr.app import Message, MetricRecord, RecordDict
 import compression
 from fedsqueeze.config import ConfigError, RunConfig, load_preset
 from fedsqueeze.protocol.instructions import TrainInstruction
-from fedsqueeze.protocol.messages import METRICS, UPDATE, ProtocolError, pack_reply, payloads_record, unpack_reply
+from fedsqueeze.protocol.messages import (METRICS, UPDATE, ProtocolError, pack_reply, packed_record, payloads_record,
+                                         record_packed, unpack_reply)
 from server.accounting import message_bytes
 from server.replies import Accepted, Rejected, reply_payload_bytes, screen_reply
 from tests.federation_harness import SMALL, read_rows, run_direct
@@ -70,8 +71,7 @@ def _screen(msg: Message, packed: bool) -> Accepted | Rejected:
 
 def test_the_server_reads_a_packed_reply_and_refuses_a_reply_in_the_other_format(instruction):
     payload = compression.encode(_update(), SPEC)
-    packed = Message(RecordDict({UPDATE: payloads_record([pack_reply(payload, METRICS_IN)], ["payload"])}),
-                     reply_to=instruction)
+    packed = Message(RecordDict({UPDATE: packed_record(pack_reply(payload, METRICS_IN))}), reply_to=instruction)
     records = Message(RecordDict({UPDATE: payloads_record([payload], ["payload"]), METRICS: MetricRecord(METRICS_IN)}),
                       reply_to=instruction)
     a, b = _screen(packed, True), _screen(records, False)
@@ -81,22 +81,34 @@ def test_the_server_reads_a_packed_reply_and_refuses_a_reply_in_the_other_format
         (600, 0.25, 0.5, 17.0, 0.125, len(payload))
     assert all(torch.equal(a.update[k], b.update[k]) for k in SHAPES)
     assert reply_payload_bytes(packed, True) == reply_payload_bytes(records) == len(payload)
-    # one record fewer: the MetricRecord and its entry in the RecordDict
-    assert message_bytes(records) - message_bytes(packed) > 200
-    # a records reply where packed ones were announced reads its payload as a frame: no such version
-    wrong = _screen(records, True)
-    assert isinstance(wrong, Rejected) and wrong.tag in ("protocol", "examples", "payload")
+    # one Flower object instead of five (MetricRecord, ArrayRecord, Array, ArrayChunk), 21 bytes of metrics
+    assert message_bytes(records) - message_bytes(packed) > 500
+    # a records reply where packed ones were announced, or a packed frame in an array record
+    for msg in (records, Message(RecordDict({UPDATE: payloads_record([pack_reply(payload, METRICS_IN)], ["payload"])}),
+                                 reply_to=instruction)):
+        wrong = _screen(msg, True)
+        assert isinstance(wrong, Rejected) and wrong.tag == "protocol" and "config record" in wrong.reason
     # a packed reply where records were announced has no metrics record
     wrong = _screen(packed, False)
     assert isinstance(wrong, Rejected) and wrong.tag == "protocol" and "metrics" in wrong.reason
-    short = Message(RecordDict({UPDATE: payloads_record([b"\x01\x02"], ["payload"])}), reply_to=instruction)
+    short = Message(RecordDict({UPDATE: packed_record(b"\x01\x02")}), reply_to=instruction)
     wrong = _screen(short, True)
     assert isinstance(wrong, Rejected) and wrong.tag == "protocol" and "shorter" in wrong.reason
     assert reply_payload_bytes(short, True) == 0
-    zero = Message(RecordDict({UPDATE: payloads_record([pack_reply(payload, {**METRICS_IN, "num-examples": 0})],
-                                                       ["payload"])}), reply_to=instruction)
+    zero = Message(RecordDict({UPDATE: packed_record(pack_reply(payload, {**METRICS_IN, "num-examples": 0}))}),
+                   reply_to=instruction)
     wrong = _screen(zero, True)
     assert isinstance(wrong, Rejected) and wrong.tag == "examples"
+
+
+def test_a_packed_record_holds_one_bytes_value():
+    from flwr.app import ConfigRecord
+
+    assert record_packed(packed_record(b"abc")) == b"abc"
+    for bad in (ConfigRecord({"payload": "abc"}), ConfigRecord({"payload": b"a", "x": 1}), ConfigRecord({"p": b"a"}),
+                ConfigRecord({})):
+        with pytest.raises(ProtocolError, match="one bytes value"):
+            record_packed(bad)
 
 
 def test_the_format_is_announced_only_when_it_is_not_the_default():
@@ -129,7 +141,7 @@ def test_a_packed_federation_learns_the_same_model_with_fewer_uplink_bytes(tmp_p
     assert abs(int(rec[0]["uplink_bytes"]) - int(pak[0]["uplink_bytes"])) < 20 * int(rec[0]["clients_ok"])
     for r, p in zip(rec[1:], pak[1:]):
         # Flower's envelopes carry random ids, so the wire bytes are compared with a margin
-        assert int(r["uplink_bytes"]) - int(p["uplink_bytes"]) > 200 * int(p["clients_ok"])
+        assert int(r["uplink_bytes"]) - int(p["uplink_bytes"]) > 500 * int(p["clients_ok"])
         # the client's reported distortion arrives as a float32
         assert float(p["mean_rel_distortion"]) == pytest.approx(float(r["mean_rel_distortion"]), rel=1e-6)
     clients = {fmt: read_rows(tmp_path / fmt, "clients.csv") for fmt in rows}
