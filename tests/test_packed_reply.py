@@ -129,7 +129,7 @@ def test_an_unknown_reply_format_is_a_config_error():
 def test_a_packed_federation_learns_the_same_model_with_fewer_uplink_bytes(tmp_path):
     rows = {}
     for fmt in ("records", "packed"):
-        summary, _ = run_direct({**SMALL, "num-server-rounds": 3, "reply-format": fmt}, tmp_path / fmt)
+        summary, _ = run_direct({**SMALL, "num-server-rounds": 2, "reply-format": fmt}, tmp_path / fmt)
         assert summary["status"] == "completed"
         rows[fmt] = read_rows(tmp_path / fmt)
     rec, pak = rows["records"], rows["packed"]
