@@ -152,3 +152,28 @@ def test_stc_p400_union_ctx_grid_packed_differs_from_its_parent_only_in_the_repl
     packed, parent = load_preset("stc-p400-union-ctx-grid-packed"), load_preset("stc-p400-union-ctx-grid")
     assert packed.pop("reply-format") == "packed" and "reply-format" not in parent
     assert {k: v for k, v in packed.items() if k != "name"} == {k: v for k, v in parent.items() if k != "name"}
+
+
+def test_hostile_packed_replies_are_accepted_or_rejected_and_never_raise(instruction):
+    rng = np.random.default_rng(0)
+    frame = pack_reply(compression.encode(_update(), SPEC), METRICS_IN)
+    outcomes = set()
+    for i in range(400):
+        f = bytearray(frame)
+        if i % 4 == 0:
+            f = f[:int(rng.integers(0, len(f)))]
+        elif i % 4 == 1:  # the metrics header: any version, count or float bits
+            f[int(rng.integers(0, 21))] = int(rng.integers(0, 256))
+        elif i % 4 == 2:
+            f = bytearray(rng.bytes(int(rng.integers(0, 80))))
+        else:
+            f[int(rng.integers(0, len(f)))] ^= 1 << int(rng.integers(0, 8))
+        res = _screen(Message(RecordDict({UPDATE: packed_record(bytes(f))}), reply_to=instruction), True)
+        if isinstance(res, Accepted):
+            assert 0 < res.num_examples <= 60_000 and res.train_s >= 0 and res.encode_s >= 0
+            assert all(bool(torch.isfinite(v).all()) for v in res.update.values())
+            outcomes.add("Accepted")
+        else:
+            assert isinstance(res, Rejected), res
+            outcomes.add(res.tag)
+    assert {"Accepted", "protocol", "examples", "payload"} <= outcomes
