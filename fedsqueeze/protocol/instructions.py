@@ -68,7 +68,7 @@ class TrainInstruction:
     state_dir: str = field(default="", metadata=OMIT_DEFAULT)  # exact resume: where the client saves its state
     dataset: str = field(default=DEFAULT_DATASET, metadata=OMIT_DEFAULT)  # fedsqueeze.datasets
     device: str = field(default="cpu", metadata=OMIT_DEFAULT)  # fedsqueeze.device
-    reply_format: str = field(default="records", metadata=OMIT_DEFAULT)  # messages.REPLY_FORMATS
+    reply_format: str = field(default="records", metadata=OMIT_DEFAULT)  # REPLY_FORMATS
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrainInstruction:

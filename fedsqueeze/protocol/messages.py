@@ -38,8 +38,7 @@ from collections.abc import Mapping, Sequence
 
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from fedsqueeze.protocol.instructions import (ENCODE_S, NUM_EXAMPLES, REL_DISTORTION, REPLY_FORMATS, TRAIN_LOSS,
-                                              TRAIN_S)
+from fedsqueeze.protocol.instructions import ENCODE_S, NUM_EXAMPLES, REL_DISTORTION, TRAIN_LOSS, TRAIN_S
 
 __all__ = [
     "CONFIG",
@@ -51,7 +50,6 @@ __all__ = [
     "payloads_record",
     "record_payloads",
     "ProtocolError",
-    "REPLY_FORMATS",
     "pack_reply",
     "unpack_reply",
     "packed_record",
@@ -101,8 +99,8 @@ def pack_reply(payload: bytes, metrics: Mapping[str, float | int]) -> bytes:
     """A packed train reply: a 21-byte versioned metrics header, then ``payload`` untouched.
 
     ``metrics`` must hold exactly the train-reply metrics (``num-examples``
-    an int in [0, 2**32), the four others numbers, sent as float32: the
-    ledger's train loss keeps 7 significant digits).
+    an int in [0, 2**32), the four others numbers, sent as float32: about
+    7 significant digits, plenty for a loss or a duration).
 
     Raises
     ------
