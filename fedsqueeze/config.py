@@ -76,6 +76,7 @@ class RunConfig:
     downlink: str = "stc"
     downlink_mode: str = "delta"
     downlink_catchup: str = ""
+    downlink_cost: str = "sent"  # server.downlink: what a message costs when the server picks one
     reply_format: str = "records"  # fedsqueeze.protocol.instructions.REPLY_FORMATS
     # server optimizer (fedsqueeze.optimizers registry; each reads the server-* keys it names)
     server_optimizer: str = "fedavg"
@@ -206,6 +207,9 @@ class RunConfig:
         except ValueError:
             need(False, "device", f"must be one of {DEVICE_CHOICES}")
         need(self.downlink_mode in ("full", "delta"), "downlink-mode", "must be 'full' or 'delta'")
+        need(self.downlink_cost in ("sent", "golomb"), "downlink-cost", "must be 'sent' or 'golomb'")
+        need(self.downlink_cost == "sent" or self.downlink_catchup != "", "downlink-cost",
+             "only steers the chain-or-catch-up choice: needs downlink-catchup")
         need(self.reply_format in REPLY_FORMATS, "reply-format", f"must be one of {REPLY_FORMATS}")
         need(self.server_optimizer in SERVER_OPTIMIZERS, "server-optimizer",
              f"must be a registered server optimizer: {server_optimizer_names()}")

@@ -63,6 +63,9 @@ class Checkpoint:
     broadcast: dict[str, torch.Tensor]
     optimizer_state: dict[str, dict[str, torch.Tensor]]
     history: list[bytes]
+    #: What each history payload costs when the server picks a message (``downlink-cost``);
+    #: empty when it is the payload's length.
+    history_costs: list[int] = field(default_factory=list)
     #: Downlink version each partition holds (absent = never contacted, -1 = unknown).
     node_versions: dict[int, int] = field(default_factory=dict)
     #: Catch-up error each partition carries (``downlink-catchup``).
@@ -114,6 +117,7 @@ def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
         "ledger_rows": ckpt.ledger_rows,
         "config": ckpt.config,
         "history_lengths": [len(p) for p in ckpt.history],
+        "history_costs": list(ckpt.history_costs),
         "optimizer_moments": sorted(ckpt.optimizer_state),
         "node_versions": {str(pid): v for pid, v in sorted(ckpt.node_versions.items())},
         "client_state_tag": ckpt.client_state_tag,
@@ -167,6 +171,7 @@ def read_checkpoint(out_dir: Path) -> Checkpoint | None:
             broadcast=_load_npz(root / "broadcast.npz"),
             optimizer_state={m: _load_npz(root / f"optimizer-{m}.npz") for m in state["optimizer_moments"]},
             history=history,
+            history_costs=[int(c) for c in state.get("history_costs", [])],
             node_versions={int(pid): int(v) for pid, v in state.get("node_versions", {}).items()},
             node_errors=_node_errors(root / "node-errors.npz"),
             client_state_tag=str(state.get("client_state_tag", "")),

@@ -26,6 +26,14 @@ cheapest of its chain (which keeps its error as it is), its catch-up payload
 and the float32 model (error 0); exact clients (``e = 0``) at the same
 version share one encoded catch-up payload per round.
 
+**What a message costs** when the server picks: by default the bytes of the payloads as sent.
+With ``cost_coder`` (``downlink-cost = "golomb"``) it is the bytes they would have with that
+position coder and a full header: a lossless position code (``coder=grid``,
+``header=compact``) then changes what is sent, never which message a client gets, so the run
+learns round for round like the same pipelines with golomb positions. (Without it, a coder that
+makes catch-ups relatively cheaper tips a few clients from an exact chain to a nearly exact
+catch-up, and the run departs from the golomb one.)
+
 Server memory: one float32 copy of the model per client whose error is not
 zero. Not checkpointed, like the clients' own state: after a resume every
 client is treated as never contacted.
@@ -33,7 +41,7 @@ client is treated as never contacted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -72,6 +80,12 @@ class Broadcaster:
         Codec of the accumulated catch-up update; ``None``: chains and full models only.
     node_error : dict
         Catch-up error ``e`` of each node (``b_version - model it holds``); absent = 0.
+    cost_coder : str
+        ``""``: messages cost the bytes sent; a position coder's name: the bytes they would
+        have with that coder and a full header (see the module docstring).
+    history_costs : list of int
+        What ``history[i]`` costs in that sense (checkpointed with the history: with a
+        ``cost_coder`` it cannot be recomputed exactly from the payload alone).
     """
 
     mode: str
@@ -82,10 +96,12 @@ class Broadcaster:
     node_version: dict[int, int] = field(default_factory=dict)
     catchup: compression.PipelineSpec | None = None
     node_error: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    cost_coder: str = ""
+    history_costs: list[int] = field(default_factory=list)
     _full: bytes | None = None
     _full_fp32: bytes | None = None
     _round: int = 0
-    _shared: dict[int, tuple[bytes, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    _shared: dict[int, tuple[bytes, dict[str, torch.Tensor], int]] = field(default_factory=dict)
     _accumulated: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     _pending: dict[int, dict[str, torch.Tensor] | None] = field(default_factory=dict)
 
@@ -113,6 +129,16 @@ class Broadcaster:
         for k, v in compression.decode(payload, expected=self._shapes()).items():
             self.broadcast[k] += v
         self.history.append(payload)
+        self.history_costs.append(self._cost(payload, delta, self.spec, round_, self.seed + round_))
+
+    def _cost(self, payload: bytes, update: dict[str, torch.Tensor], spec: compression.PipelineSpec,
+              round_: int, seed: int) -> int:
+        """What ``payload`` (``update`` encoded with ``spec``) costs when the server picks a message."""
+        if not self.cost_coder:
+            return len(payload)
+        # the same selection and values (same round and seed), only positions and header coded otherwise
+        yardstick = replace(spec, coder=self.cost_coder, header="full")
+        return len(compression.encode(update, yardstick, round=round_, seed=seed))
 
     def for_node(self, node_id: int) -> Broadcast:
         """The cheapest way to bring ``node_id`` to the current broadcast model.
@@ -131,13 +157,13 @@ class Broadcaster:
         if start < 0:
             return full
         chain = self.history[start:]
-        best, cost = Broadcast(list(chain), start, self.version, CHAIN), sum(map(len, chain))
+        best, cost = Broadcast(list(chain), start, self.version, CHAIN), sum(self.history_costs[start:])
         error = self.node_error.get(node_id)
         self._pending[node_id] = error
         if self.catchup is not None and start < self.version:
-            payload, left = self._catchup_payload(start, error)
-            if len(payload) < cost:
-                best, cost = Broadcast([payload], start, self.version, CATCHUP), len(payload)
+            payload, left, catchup_cost = self._catchup_payload(start, error)
+            if catchup_cost < cost:
+                best, cost = Broadcast([payload], start, self.version, CATCHUP), catchup_cost
                 self._pending[node_id] = left
         if cost > len(self._full_fp32):
             self._pending[node_id] = None
@@ -145,8 +171,8 @@ class Broadcaster:
         return best
 
     def _catchup_payload(self, start: int, error: dict[str, torch.Tensor] | None
-                         ) -> tuple[bytes, dict[str, torch.Tensor]]:
-        """``C(b_t - b_start + error)`` and the error it leaves; shared by exact clients at ``start``."""
+                         ) -> tuple[bytes, dict[str, torch.Tensor], int]:
+        """``C(b_t - b_start + error)``, the error it leaves and its cost; shared by exact clients at ``start``."""
         if error is None and start in self._shared:
             return self._shared[start]
         if start not in self._accumulated:  # b_t - b_start: the sum of the chain it replaces, once per round
@@ -161,9 +187,10 @@ class Broadcaster:
         assert self.catchup is not None
         payload = compression.encode(target, self.catchup, round=self._round, seed=self.seed + self._round)
         left = {k: target[k] - v for k, v in compression.decode(payload, expected=self._shapes()).items()}
+        out = payload, left, self._cost(payload, target, self.catchup, self._round, self.seed + self._round)
         if error is None:
-            self._shared[start] = (payload, left)
-        return payload, left
+            self._shared[start] = out
+        return out
 
     def confirm(self, node_id: int, ok: bool) -> None:
         """Record whether ``node_id`` applied its broadcast (delta mode only).

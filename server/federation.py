@@ -40,7 +40,7 @@ from server.accounting import each_message_bytes, message_bytes, messages_bytes
 from server.exchange import exchange
 from server.aggregate import weighted_mean
 from server.model_stages import run_model_stages
-from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from server.downlink import CATCHUP, Broadcast, Broadcaster
 from server.replies import Accepted, Rejected, payload_bound, reply_payload_bytes, screen_reply
 from server.rounds import RoundMode, RoundRunner, sample_partitions, sample_size
@@ -182,7 +182,8 @@ def _setup(cfg: RunConfig, out_dir: Path) -> _Run:
         num_params=num_parameters(model),
         up_spec=up_spec,
         broadcaster=Broadcaster(cfg.downlink_mode, down_spec, cfg.seed, {k: v.clone() for k, v in weights.items()},
-                                catchup=resolve_pipeline(cfg.downlink_catchup) if cfg.downlink_catchup else None),
+                                catchup=resolve_pipeline(cfg.downlink_catchup) if cfg.downlink_catchup else None,
+                                cost_coder="" if cfg.downlink_cost == "sent" else cfg.downlink_cost),
         optimizer=server_optimizer_from_config(cfg),
         ledger=None,
         started=time.perf_counter(),
@@ -432,6 +433,7 @@ def _checkpoint(run: _Run, round_: int, nodes: dict[int, int]) -> None:
     save_checkpoint(run.out_dir, Checkpoint(
         round=round_, ledger_rows=len(run.ledger.rows), config=run.cfg.to_mapping(), weights=run.weights,
         broadcast=bc.broadcast, optimizer_state=run.optimizer.state, history=bc.history,
+        history_costs=bc.history_costs if bc.cost_coder else [],
         node_versions={pid_of[n]: v for n, v in bc.node_version.items() if n in pid_of},
         node_errors={pid_of[n]: e for n, e in bc.node_error.items() if n in pid_of},
         client_state_tag=run.client_state_tag,
@@ -474,6 +476,11 @@ def _resume(run: _Run) -> int:
     if run.aggregator is not None:
         run.aggregator.load_state(ckpt.aggregator_state or {})
     run.broadcaster.broadcast, run.broadcaster.history = ckpt.broadcast, ckpt.history
+    if run.broadcaster.cost_coder and len(ckpt.history_costs) != len(ckpt.history):
+        raise CheckpointError(f"downlink-cost = {run.cfg.downlink_cost!r} needs the costs of the broadcast history, which "
+                              "this checkpoint does not hold (written with another downlink-cost)")
+    run.broadcaster.history_costs = list(ckpt.history_costs) if run.broadcaster.cost_coder else \
+        [len(p) for p in ckpt.history]
     # a tag written without client-state-dir (or none at all) names no saved states
     run.client_state_tag = ckpt.client_state_tag if run.cfg.client_state_dir else ""
     run.restored = ckpt
