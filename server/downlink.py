@@ -138,6 +138,8 @@ class Broadcaster:
             return len(payload)
         # the same selection and values (same round and seed), only positions and header coded otherwise
         yardstick = replace(spec, coder=self.cost_coder, header="full")
+        if yardstick == spec:  # already coded that way: encoding again would give the same bytes
+            return len(payload)
         return len(compression.encode(update, yardstick, round=round_, seed=seed))
 
     def for_node(self, node_id: int) -> Broadcast:
