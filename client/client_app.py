@@ -17,8 +17,8 @@ from client.state_store import load_state, save_state
 from client.stage_query import answer_calibrate, answer_scores
 from fedsqueeze.plugins import load_plugins
 from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, StageQuery, TrainInstruction
-from fedsqueeze.protocol.messages import (CONFIG, MASK, METRICS, MODEL, PAYLOAD, UPDATE, pack_reply,
-                                         packed_record, payloads_record, record_payloads)
+from fedsqueeze.protocol.messages import (CONFIG, METRICS, MODEL, PAYLOAD, UPDATE, pack_reply, packed_record,
+                                         payloads_record, record_payloads, train_parts)
 
 app = ClientApp()
 
@@ -84,9 +84,8 @@ def _partition(context: Context) -> tuple[int, int]:
 def train(msg: Message, context: Context) -> Message:
     """Train locally and reply with the compressed model update."""
     _load_plugins(msg, context)
-    ins = TrainInstruction.from_record(msg.content[CONFIG])
-    payloads = record_payloads(msg.content[MODEL])
-    mask = record_payloads(msg.content[MASK])[0] if MASK in msg.content else None
+    config, payloads, mask = train_parts(msg.content)
+    ins = TrainInstruction.from_record(config)
     pid, n = _partition(context)
     state = _load_state(context)
     if ins.state_dir and not any(k in context.state for k in (_EF, _BCAST)):

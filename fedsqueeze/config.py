@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fedsqueeze.protocol.instructions import REPLY_FORMATS
+from fedsqueeze.protocol.instructions import INSTRUCTION_FORMATS, REPLY_FORMATS
 
 __all__ = ["ConfigError", "RunConfig", "PRESET_DIR", "expand_preset", "load_preset", "load_toml_overrides",
            "parse_value", "preset_names", "preset_path", "resolve_pipeline"]
@@ -78,6 +78,7 @@ class RunConfig:
     downlink_catchup: str = ""
     downlink_cost: str = "sent"  # server.downlink: what a message costs when the server picks one
     reply_format: str = "records"  # fedsqueeze.protocol.instructions.REPLY_FORMATS
+    instruction_format: str = "records"  # fedsqueeze.protocol.instructions.INSTRUCTION_FORMATS
     # server optimizer (fedsqueeze.optimizers registry; each reads the server-* keys it names)
     server_optimizer: str = "fedavg"
     server_lr: float = 1.0
@@ -211,6 +212,8 @@ class RunConfig:
         need(self.downlink_cost == "sent" or self.downlink_catchup != "", "downlink-cost",
              "only steers the chain-or-catch-up choice: needs downlink-catchup")
         need(self.reply_format in REPLY_FORMATS, "reply-format", f"must be one of {REPLY_FORMATS}")
+        need(self.instruction_format in INSTRUCTION_FORMATS, "instruction-format",
+             f"must be one of {INSTRUCTION_FORMATS}")
         need(self.server_optimizer in SERVER_OPTIMIZERS, "server-optimizer",
              f"must be a registered server optimizer: {server_optimizer_names()}")
         unknown = [k for k in SERVER_OPTIMIZERS[self.server_optimizer].keys if k not in self.keys()]

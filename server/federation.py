@@ -33,7 +33,7 @@ from fedsqueeze.ledger import ClientRow, Ledger, RoundRow, accuracy, run_summary
 from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.optimizers import ServerOptimizer, server_optimizer_from_config
 from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, TrainInstruction
-from fedsqueeze.protocol.messages import CONFIG, MASK, METRICS, MODEL, payloads_record
+from fedsqueeze.protocol.messages import CONFIG, MASK, METRICS, MODEL, packed_instruction, payloads_record
 from fedsqueeze.protocol.reference import uplink_reference
 from fedsqueeze.train import evaluate
 from server.accounting import each_message_bytes, message_bytes, messages_bytes
@@ -239,6 +239,7 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
     references: dict[tuple[int, ...], Any] = {}  # coder=context: what each distinct payload list tells a client
     reference_of: dict[int, Any] = {}
     supports: dict[int, dict] = {}  # chains of different lengths share payloads: each is decoded once a round
+    packed_instruction_format = cfg.instruction_format == "packed"
 
     def support_of(p: bytes) -> dict:
         if id(p) not in supports:
@@ -250,16 +251,19 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
         ins = _instruction(run, round_, bc, injections.get(pid, ""), mode)
         key = tuple(id(p) for p in bc.payloads)
         if key not in records:
-            records[key] = payloads_record(bc.payloads)
+            records[key] = None if packed_instruction_format else payloads_record(bc.payloads)
             if run.up_spec.coder == "context":
                 references[key] = uplink_reference(bc.base_version, map(support_of, bc.payloads))
         reference_of[nid] = references.get(key)
         config = ins.to_record()
         if cfg.plugins:  # announced only when set: runs without plugins keep their exact message bytes
             config["plugins"] = cfg.plugins
-        content = RecordDict({CONFIG: ConfigRecord(config), MODEL: records[key]})
-        if mode.mask_payload:
-            content[MASK] = payloads_record([mode.mask_payload])
+        if packed_instruction_format:
+            content = RecordDict({CONFIG: packed_instruction(config, bc.payloads, mode.mask_payload or None)})
+        else:
+            content = RecordDict({CONFIG: ConfigRecord(config), MODEL: records[key]})
+            if mode.mask_payload:
+                content[MASK] = payloads_record([mode.mask_payload])
         messages.append(Message(content, nid, "train", group_id=str(round_)))
         pid_of[nid] = pid
         clients[nid] = ClientRow(

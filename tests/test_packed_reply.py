@@ -126,10 +126,12 @@ def test_an_unknown_reply_format_is_a_config_error():
         RunConfig.from_mapping({**SMALL, "reply-format": "msgpack"})
 
 
-def test_a_packed_federation_learns_the_same_model_with_fewer_uplink_bytes(tmp_path):
+def test_a_packed_federation_learns_the_same_model_with_fewer_bytes_both_ways(tmp_path):
+    # one federation packs both directions (tests/test_packed_instruction.py has the instruction's unit tests)
     rows = {}
     for fmt in ("records", "packed"):
-        summary, _ = run_direct({**SMALL, "num-server-rounds": 2, "reply-format": fmt}, tmp_path / fmt)
+        summary, _ = run_direct({**SMALL, "num-server-rounds": 2, "reply-format": fmt, "instruction-format": fmt},
+                                tmp_path / fmt)
         assert summary["status"] == "completed"
         rows[fmt] = read_rows(tmp_path / fmt)
     rec, pak = rows["records"], rows["packed"]
@@ -142,6 +144,7 @@ def test_a_packed_federation_learns_the_same_model_with_fewer_uplink_bytes(tmp_p
     for r, p in zip(rec[1:], pak[1:]):
         # Flower's envelopes carry random ids, so the wire bytes are compared with a margin
         assert int(r["uplink_bytes"]) - int(p["uplink_bytes"]) > 500 * int(p["clients_ok"])
+        assert int(r["downlink_bytes"]) - int(p["downlink_bytes"]) > 400 * int(p["clients_sampled"])
         # the client's reported distortion arrives as a float32
         assert float(p["mean_rel_distortion"]) == pytest.approx(float(r["mean_rel_distortion"]), rel=1e-6)
     clients = {fmt: read_rows(tmp_path / fmt, "clients.csv") for fmt in rows}

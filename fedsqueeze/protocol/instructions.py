@@ -17,7 +17,8 @@ from fedsqueeze.datasets import DEFAULT_DATASET
 from fedsqueeze.protocol.records import OMIT_DEFAULT, from_record, to_record
 
 __all__ = ["FULL_MODEL", "TrainInstruction", "StageQuery", "STAGE_OPS", "ranges_to_metrics", "metrics_to_ranges",
-           "NUM_EXAMPLES", "TRAIN_LOSS", "REL_DISTORTION", "TRAIN_S", "ENCODE_S", "REPLY_FORMATS", "PARTITION_ID",
+           "NUM_EXAMPLES", "TRAIN_LOSS", "REL_DISTORTION", "TRAIN_S", "ENCODE_S", "REPLY_FORMATS", "INSTRUCTION_FORMATS",
+           "PARTITION_ID",
            "NUM_PARTITIONS"]
 
 #: ``base_version`` of a train instruction whose model payload is one whole model,
@@ -34,6 +35,10 @@ TRAIN_S, ENCODE_S = "train-s", "encode-s"  # the client's own wall-clock seconds
 #: How a train reply carries those metrics (``reply-format``): a MetricRecord, or packed in
 #: 21 bytes in front of the payload (:func:`fedsqueeze.protocol.messages.pack_reply`).
 REPLY_FORMATS = ("records", "packed")
+#: How a train instruction carries its model payloads (``instruction-format``): an ArrayRecord
+#: beside the config record, or packed into the config record as one list of bytes
+#: (:func:`fedsqueeze.protocol.messages.packed_instruction`). The client reads either.
+INSTRUCTION_FORMATS = ("records", "packed")
 # Metrics of a handshake reply: which partition of how many the node holds.
 PARTITION_ID, NUM_PARTITIONS = "partition-id", "num-partitions"
 
