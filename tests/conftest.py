@@ -63,3 +63,17 @@ def pytest_sessionfinish(session, exitstatus):
     from simulations.run import reap_orphans
 
     reap_orphans(keep=getattr(session.config, "_fedsqueeze_preexisting", set()))
+
+
+@pytest.fixture(scope="session")
+def stc_like_whole(tmp_path_factory):
+    """One uninterrupted federation of ``tests.test_exact_resume.STC_LIKE``: ``(out_dir, summary)``.
+
+    Several tests compare a variant against it (a resumed run, lossless coders); it runs once.
+    """
+    from tests.federation_harness import run_direct
+    from tests.test_exact_resume import NODES, _config
+
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    summary, _ = run_direct(_config(tmp_path_factory.mktemp("cs")), out, NODES)
+    return out, summary

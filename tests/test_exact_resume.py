@@ -41,11 +41,9 @@ def state_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cs")
 
 
-@pytest.fixture(scope="module")
-def whole(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "whole"
-    summary, _ = run_direct(_config(tmp_path_factory.mktemp("cs")), out, NODES)
-    return out, summary
+@pytest.fixture
+def whole(stc_like_whole):
+    return stc_like_whole  # tests/conftest.py: run once a session
 
 
 def _assert_same(a, b, jitter=0):
