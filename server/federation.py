@@ -33,7 +33,7 @@ from fedsqueeze.ledger import ClientRow, Ledger, RoundRow, accuracy, run_summary
 from fedsqueeze.models import build_model, initial_state, num_parameters
 from fedsqueeze.optimizers import ServerOptimizer, server_optimizer_from_config
 from fedsqueeze.protocol.instructions import NUM_PARTITIONS, PARTITION_ID, TrainInstruction
-from fedsqueeze.protocol.messages import CONFIG, MASK, METRICS, MODEL, packed_instruction, payloads_record
+from fedsqueeze.protocol.messages import CONFIG, METRICS, payloads_record, train_content
 from fedsqueeze.protocol.reference import uplink_reference
 from fedsqueeze.train import evaluate
 from server.accounting import each_message_bytes, message_bytes, messages_bytes
@@ -258,12 +258,8 @@ def _train_round(run: _Run, grid: Grid, round_: int, nodes: dict[int, int], mode
         config = ins.to_record()
         if cfg.plugins:  # announced only when set: runs without plugins keep their exact message bytes
             config["plugins"] = cfg.plugins
-        if packed_instruction_format:
-            content = RecordDict({CONFIG: packed_instruction(config, bc.payloads, mode.mask_payload or None)})
-        else:
-            content = RecordDict({CONFIG: ConfigRecord(config), MODEL: records[key]})
-            if mode.mask_payload:
-                content[MASK] = payloads_record([mode.mask_payload])
+        content = train_content(config, bc.payloads, mode.mask_payload or None, packed=packed_instruction_format,
+                                model_record=records[key])
         messages.append(Message(content, nid, "train", group_id=str(round_)))
         pid_of[nid] = pid
         clients[nid] = ClientRow(

@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from fedsqueeze.config import ConfigError, RunConfig, load_preset
 from fedsqueeze.protocol.instructions import TrainInstruction
 from fedsqueeze.protocol.messages import (CONFIG, MASK, MODEL, PAYLOADS, ProtocolError, packed_instruction,
-                                         payloads_record, train_parts)
+                                         payloads_record, train_content, train_parts)
 from server.accounting import message_bytes
 from tests.federation_harness import SMALL
 
@@ -37,6 +37,9 @@ def test_either_format_gives_the_client_the_same_instruction_and_packed_is_small
         records = RecordDict({CONFIG: ConfigRecord(INS.to_record()), MODEL: payloads_record(payloads),
                               MASK: payloads_record([mask])})
         packed = RecordDict({CONFIG: packed_instruction(INS.to_record(), payloads, mask)})
+        for form, built in ((records, train_content(INS.to_record(), payloads, mask)),
+                            (packed, train_content(INS.to_record(), payloads, mask, packed=True))):
+            assert built.object_id == form.object_id  # what the server sends: the same objects, byte for byte
         a, b = train_parts(records), train_parts(packed)
         assert (a.payloads, a.mask) == (b.payloads, b.mask) == (payloads, mask)
         assert TrainInstruction.from_record(a.config) == TrainInstruction.from_record(b.config) == INS

@@ -64,6 +64,7 @@ __all__ = [
     "record_packed",
     "PAYLOADS",
     "packed_instruction",
+    "train_content",
     "TrainParts",
     "train_parts",
 ]
@@ -188,6 +189,22 @@ def packed_instruction(config: Mapping[str, Any], payloads: Sequence[bytes], mas
     if mask is not None:
         record[MASK] = bytes(mask)
     return ConfigRecord(record)
+
+
+def train_content(config: Mapping[str, Any], payloads: Sequence[bytes], mask: bytes | None = None, *,
+                  packed: bool = False, model_record: ArrayRecord | None = None) -> RecordDict:
+    """A train instruction's content, packed (:func:`packed_instruction`) or in records; :func:`train_parts` reads either.
+
+    ``model_record``: the payloads' ArrayRecord, when already built; messages
+    that carry the same payloads can share one, which Flower then hashes once.
+    """
+    if packed:
+        return RecordDict({CONFIG: packed_instruction(config, payloads, mask)})
+    content = RecordDict({CONFIG: ConfigRecord(dict(config)),
+                          MODEL: payloads_record(payloads) if model_record is None else model_record})
+    if mask:
+        content[MASK] = payloads_record([mask])
+    return content
 
 
 class TrainParts(NamedTuple):
