@@ -12,8 +12,11 @@ Train instruction, ``instruction-format = "packed"``:
                 payloads as one list of bytes) and ``mask`` (bytes, when
                 sent) (:func:`packed_instruction`). The ArrayRecord, one Array
                 and one chunk per payload go, each with its header and
-                SHA-256 name: ~470 fewer bytes for one payload, ~300 more
-                for each further payload of a chain.
+                SHA-256 name: ~470 bytes saved for one payload and ~300 for
+                each further payload of a chain. Flower splits an Array into
+                5 MB chunks but ships a ConfigRecord as one object: packed
+                suits sparse payloads of kilobytes, not dense models of
+                hundreds of MB.
 Train reply (client → server), ``reply-format = "records"`` (the default):
     ``update``  ArrayRecord ``{"payload": uint8}``: the compressed update.
     ``metrics`` MetricRecord: num-examples, train-loss, rel-distortion, ...
