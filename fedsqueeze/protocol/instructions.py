@@ -18,8 +18,7 @@ from fedsqueeze.protocol.records import OMIT_DEFAULT, from_record, to_record
 
 __all__ = ["FULL_MODEL", "TrainInstruction", "StageQuery", "STAGE_OPS", "ranges_to_metrics", "metrics_to_ranges",
            "NUM_EXAMPLES", "TRAIN_LOSS", "REL_DISTORTION", "TRAIN_S", "ENCODE_S", "REPLY_FORMATS", "INSTRUCTION_FORMATS",
-           "PARTITION_ID",
-           "NUM_PARTITIONS"]
+           "PARTITION_ID", "NUM_PARTITIONS"]
 
 #: ``base_version`` of a train instruction whose model payload is one whole model,
 #: not a chain of deltas (``server.downlink``).
